@@ -1,0 +1,20 @@
+//! banjo reads the systemd journal, finds failures with one multi-pattern DFA
+//! over every jail's failregexes, counts them per address and bans through
+//! nftables sets whose elements carry kernel timeouts.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! journal ──lines──▶ filter ──Failure──▶ tracker ──Ban──▶ firewall
+//!   (sd_journal)     (one DFA)           (findtime/      (netlink batch
+//!                                         maxretry)       into nft sets)
+//! ```
+//!
+//! `daemon` is the only module that knows every stage; `config`, `state`
+//! and `cli` sit around the pipeline. The vocabulary is fail2ban's: jail,
+//! filter, failregex, ignoreregex, journalmatch, maxretry, findtime,
+//! bantime, ignoreip, ban, unban.
+
+pub mod jail;
+pub mod net;
+pub mod ticket;
