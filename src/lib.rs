@@ -18,3 +18,5 @@
 pub mod jail;
 pub mod net;
 pub mod ticket;
+pub mod filter;
+pub mod firewall;
