@@ -5,18 +5,26 @@
 //! Data flows one way:
 //!
 //! ```text
-//! journal ──lines──▶ filter ──Failure──▶ tracker ──Ban──▶ firewall
-//!   (sd_journal)     (one DFA)           (findtime/      (netlink batch
-//!                                         maxretry)       into nft sets)
+//! journal ──MESSAGE──▶ filter ──Failure──▶ tracker ──Ban──▶ firewall
+//!  (sd_journal)        (one DFA)           (findtime/       (one netlink
+//!                                           maxretry)        batch into
+//!                                                            nft sets)
 //! ```
 //!
-//! `daemon` is the only module that knows every stage; `config`, `state`
-//! and `cli` sit around the pipeline. The vocabulary is fail2ban's: jail,
-//! filter, failregex, ignoreregex, journalmatch, maxretry, findtime,
+//! `daemon` is the only module that knows every stage; `config`, `state`,
+//! `log` and `cli` sit around the pipeline. The vocabulary is fail2ban's:
+//! jail, filter, failregex, ignoreregex, journalmatch, maxretry, findtime,
 //! bantime, ignoreip, ban, unban.
 
-pub mod jail;
-pub mod net;
-pub mod ticket;
+pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod filter;
 pub mod firewall;
+pub mod jail;
+pub mod journal;
+pub mod log;
+pub mod net;
+pub mod state;
+pub mod ticket;
+pub mod tracker;

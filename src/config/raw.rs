@@ -1,0 +1,96 @@
+//! banjo.toml as written: serde structs that mirror the file one to one.
+//!
+//! Every value keeps its byte span so that validation in `config/mod.rs` can
+//! say `PATH:LINE:` for the value that is wrong. No logic lives here.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub daemon: Option<RawDaemon>,
+    pub journal: Option<RawJournal>,
+    pub firewall: Option<RawFirewall>,
+    pub defaults: Option<RawJail>,
+    #[serde(default)]
+    pub jail: BTreeMap<Spanned<String>, RawJail>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub state_dir: Option<Spanned<String>>,
+    pub socket: Option<Spanned<String>>,
+}
+
+/// `[journal]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    pub directory: Option<Spanned<String>>,
+    pub namespace: Option<Spanned<String>>,
+}
+
+/// `[firewall]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFirewall {
+    pub table: Option<Spanned<String>>,
+}
+
+/// `[defaults]` and `[jail.NAME]`: the same keys, jail values win.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJail {
+    pub enabled: Option<Spanned<bool>>,
+    pub filter: Option<Spanned<String>>,
+    pub journalmatch: Option<Spanned<Vec<Spanned<String>>>>,
+    pub failregex: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ignoreregex: Option<Spanned<Vec<Spanned<String>>>>,
+    pub maxretry: Option<Spanned<i64>>,
+    pub findtime: Option<Spanned<DurationValue>>,
+    pub bantime: Option<Spanned<DurationValue>>,
+    pub ignoreip: Option<Spanned<Words>>,
+    pub port: Option<Spanned<Words>>,
+    pub allports: Option<Spanned<bool>>,
+    pub protocol: Option<Spanned<String>>,
+}
+
+/// A duration as fail2ban users write it: `600`, `"10m"`, `"1h30m"`, `-1`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(i64),
+    Text(String),
+}
+
+/// A list given either as a TOML array or as one string of words separated
+/// by commas or spaces (`"smtp,submission"`, `"127.0.0.1/8 ::1"`), the way
+/// fail2ban's jail.local writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Words {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Words {
+    /// The individual words, in order.
+    pub fn words(&self) -> Vec<String> {
+        let split = |s: &str| -> Vec<String> {
+            s.split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        match self {
+            Words::One(s) => split(s),
+            Words::Many(v) => v.iter().flat_map(|s| split(s)).collect(),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The journal source: one sd_journal handle for every jail.
+//!
+//! The handle is opened with the OR of every jail's journalmatch, so the
+//! library skips entries no jail wants. Each entry that comes through is
+//! tested against the distinct journalmatches once and handed on as an
+//! [`Entry`] carrying the MESSAGE bytes, the journal's receive time and a
+//! bitmask of the journalmatches it satisfied; the daemon maps that mask to
+//! jails. This module is the only code that knows sd_journal.
+//!
+//! `sd_journal` is `!Send`: the reader lives on the daemon's one thread.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use systemd::journal::{self, JournalWaitResult};
+
+use crate::jail::JournalMatch;
+use crate::ticket::Micros;
+
+/// Which journal to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The local system journal (`/run/log/journal`, `/var/log/journal`).
+    System,
+    /// Journal files in a directory, e.g. what systemd-journal-remote
+    /// writes on a collector host.
+    Directory(PathBuf),
+    /// A journald namespace (`journalctl --namespace=NAME`).
+    Namespace(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::System => f.write_str("system journal"),
+            Source::Directory(d) => write!(f, "journal directory {}", d.display()),
+            Source::Namespace(n) => write!(f, "journal namespace {n}"),
+        }
+    }
+}
+
+/// A journal failure, naming the sd_journal step.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+pub struct Error {
+    step: String,
+    #[source]
+    source: std::io::Error,
+}
+
+fn step(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let step = step.into();
+    move |source| Error { step, source }
+}
+
+/// The most distinct journalmatches one reader dispatches on.
+pub const MAX_MATCHES: usize = 64;
+
+/// One journal entry as the filter needs it.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// The MESSAGE field's raw bytes (may be binary or invalid UTF-8).
+    pub message: &'a [u8],
+    /// `__REALTIME_TIMESTAMP`: when journald received the entry.
+    pub time: Micros,
+    /// Bit `i` is set when the entry satisfies `matches[i]` given to [`Journal::open`].
+    pub matched: u64,
+}
+
+/// The journal reader.
+pub struct Journal {
+    handle: journal::Journal,
+    matches: Vec<JournalMatch>,
+    /// Field names the matches look at, each read once per entry.
+    fields: Vec<CString>,
+    /// This entry's value of each of `fields` (`None`: absent), buffers reused.
+    values: Vec<(bool, Vec<u8>)>,
+    message: Vec<u8>,
+}
+
+impl Journal {
+    /// Opens `source` filtered to the OR of `matches` (at most [`MAX_MATCHES`]).
+    pub fn open(source: &Source, matches: &[JournalMatch]) -> Result<Journal, Error> {
+        if matches.len() > MAX_MATCHES {
+            return Err(Error {
+                step: "adding journal matches".into(),
+                source: std::io::Error::other(format!(
+                    "{} distinct journalmatches, at most {MAX_MATCHES}",
+                    matches.len()
+                )),
+            });
+        }
+        let mut handle = match source {
+            Source::System => journal::OpenOptions::default()
+                .system(true)
+                .local_only(true)
+                .open(),
+            Source::Directory(dir) => journal::OpenDirectoryOptions::default()
+                .open_directory(dir.as_os_str().as_encoded_bytes()),
+            Source::Namespace(ns) => journal::OpenOptions::default()
+                .system(true)
+                .open_namespace(ns.as_str()),
+        }
+        .map_err(step(format!("opening the {source}")))?;
+        // MESSAGE beyond 64 KiB is truncated by sd_journal; failregexes never
+        // need more, and a hostile megabyte line stays cheap.
+        handle
+            .set_data_threshold(64 * 1024)
+            .map_err(step("setting the data threshold"))?;
+
+        let mut fields: Vec<CString> = Vec::new();
+        for m in matches {
+            for group in &m.groups {
+                for term in group {
+                    let data = format!("{}={}", term.field, term.value);
+                    handle
+                        .match_add(term.field.as_str(), term.value.as_str())
+                        .map_err(step(format!("adding journal match {data}")))?;
+                    let name = CString::new(term.field.as_str()).map_err(|_| Error {
+                        step: format!("adding journal match {data}"),
+                        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    })?;
+                    if !fields.contains(&name) {
+                        fields.push(name);
+                    }
+                }
+                handle
+                    .match_or()
+                    .map_err(step("adding a journal match disjunction"))?;
+            }
+        }
+        let values = vec![(false, Vec::new()); fields.len()];
+        Ok(Journal {
+            handle,
+            matches: matches.to_vec(),
+            fields,
+            values,
+            message: Vec::with_capacity(4096),
+        })
+    }
+
+    /// The fd to poll for POLLIN; call [`Journal::process`] when it fires.
+    pub fn fd(&self) -> Result<RawFd, Error> {
+        self.handle.fd().map_err(step("getting the journal fd"))
+    }
+
+    /// Acknowledges a wakeup; rotation and new files (`Invalidate`) need
+    /// nothing more than reading on.
+    pub fn process(&mut self) -> Result<(), Error> {
+        match self.handle.process().map_err(step("processing journal events"))? {
+            JournalWaitResult::Nop | JournalWaitResult::Append | JournalWaitResult::Invalidate => {
+                Ok(())
+            }
+        }
+    }
+
+    /// Positions the reader so that [`Journal::next`] returns the first
+    /// entry received at or after `time`.
+    pub fn seek_time(&mut self, time: Micros) -> Result<(), Error> {
+        self.handle
+            .seek_realtime_usec(time)
+            .map_err(step("seeking the journal by time"))
+    }
+
+    /// Positions the reader after the newest matching entry, so that only
+    /// new entries follow. `previous()` is needed on systemd 252: after
+    /// `seek_tail` alone, `next()` returns old entries when the matches
+    /// hold a disjunction.
+    pub fn seek_end(&mut self) -> Result<(), Error> {
+        self.handle.seek_tail().map_err(step("seeking the journal tail"))?;
+        self.handle
+            .previous()
+            .map_err(step("stepping back from the journal tail"))?;
+        Ok(())
+    }
+
+    /// The current entry's cursor.
+    pub fn cursor(&self) -> Result<String, Error> {
+        self.handle.cursor().map_err(step("reading the journal cursor"))
+    }
+
+    /// The current entry's `__REALTIME_TIMESTAMP`.
+    pub fn time(&self) -> Result<Micros, Error> {
+        self.handle
+            .timestamp_usec()
+            .map_err(step("reading an entry's timestamp"))
+    }
+
+    /// Whether the current entry is the one `cursor` names.
+    pub fn is_at(&self, cursor: &str) -> bool {
+        self.handle.test_cursor(cursor).unwrap_or(false)
+    }
+
+    /// Advances to the next entry; `None` at the end for now.
+    pub fn next(&mut self) -> Result<Option<Entry<'_>>, Error> {
+        if self.handle.next().map_err(step("reading the next journal entry"))? == 0 {
+            return Ok(None);
+        }
+        let time = self
+            .handle
+            .timestamp_usec()
+            .map_err(step("reading an entry's timestamp"))?;
+        self.message.clear();
+        // An entry without MESSAGE (or one sd_journal refuses to read, e.g.
+        // a corrupt object) is passed on empty: the filter matches nothing.
+        if let Ok(Some(field)) = self.handle.get_data("MESSAGE") {
+            if let Some(v) = field.value() {
+                self.message.extend_from_slice(v);
+            }
+        }
+        for (name, slot) in self.fields.iter().zip(self.values.iter_mut()) {
+            slot.1.clear();
+            slot.0 = match self.handle.get_data(name.as_c_str()) {
+                Ok(Some(field)) => match field.value() {
+                    Some(v) => {
+                        slot.1.extend_from_slice(v);
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            };
+        }
+        let mut matched = 0u64;
+        for (i, m) in self.matches.iter().enumerate() {
+            let fields = &self.fields;
+            let values = &self.values;
+            let accepts = m.accepts(|name: &str| {
+                fields
+                    .iter()
+                    .position(|f| f.as_bytes() == name.as_bytes())
+                    .and_then(|p| values.get(p))
+                    .filter(|(present, _)| *present)
+                    .map(|(_, v)| v.as_slice())
+            });
+            if accepts {
+                matched |= 1 << i;
+            }
+        }
+        Ok(Some(Entry {
+            message: &self.message,
+            time,
+            matched,
+        }))
+    }
+}
