@@ -163,11 +163,13 @@ impl Config {
 struct Builtin {
     name: &'static str,
     failregex: &'static [&'static str],
+    ignoreregex: &'static [&'static str],
 }
 
 const BUILTINS: &[Builtin] = &[Builtin {
     name: "postfix",
     failregex: crate::filter::POSTFIX_FAILREGEX,
+    ignoreregex: crate::filter::POSTFIX_IGNOREREGEX,
 }];
 
 struct Resolver<'a> {
@@ -338,9 +340,13 @@ impl Resolver<'_> {
             return Err(self.err(span, name, ErrorKind::NoFailregex));
         }
         let own_ignoreregex = pick(&jail.ignoreregex, &defaults.ignoreregex);
-        let ignoreregex: Vec<String> = own_ignoreregex
-            .map(|l| l.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+        let mut ignoreregex: Vec<String> = builtin
+            .map(|b| b.ignoreregex.iter().map(|s| s.to_string()).collect())
             .unwrap_or_default();
+        let builtin_ignore_count = ignoreregex.len();
+        if let Some(list) = own_ignoreregex {
+            ignoreregex.extend(list.get_ref().iter().map(|s| s.get_ref().clone()));
+        }
 
         let journalmatch = match pick(&jail.journalmatch, &defaults.journalmatch) {
             Some(list) => self.journalmatch(name, list)?,
@@ -439,7 +445,12 @@ impl Resolver<'_> {
             ports,
             protocol,
         };
-        self.check_regexes(&resolved, builtin_count, own_failregex, own_ignoreregex)?;
+        self.check_regexes(
+            &resolved,
+            (builtin_count, builtin_ignore_count),
+            own_failregex,
+            own_ignoreregex,
+        )?;
         Ok(resolved)
     }
 
@@ -448,7 +459,7 @@ impl Resolver<'_> {
     fn check_regexes(
         &self,
         jail: &Jail,
-        builtin_count: usize,
+        (builtin_count, builtin_ignore_count): (usize, usize),
         failregex: Option<&Spanned<Vec<Spanned<String>>>>,
         ignoreregex: Option<&Spanned<Vec<Spanned<String>>>>,
     ) -> Result<(), Error> {
@@ -464,6 +475,7 @@ impl Resolver<'_> {
                 .or_else(|| failregex.map(|l| l.span())),
             crate::filter::PatternKind::Ignoreregex => e
                 .index()
+                .and_then(|i| i.checked_sub(builtin_ignore_count))
                 .and_then(|i| ignoreregex.and_then(|l| l.get_ref().get(i)))
                 .map(|s| s.span())
                 .or_else(|| ignoreregex.map(|l| l.span())),
