@@ -493,3 +493,61 @@ pub fn tcp_connect(ns: &Netns, source: &str, dest: &str) -> Result<(), nix::errn
         Ok(())
     })
 }
+
+/// Watches one jail's sets over netlink from a thread inside the
+/// namespace, polling every 200 µs: fine-grained enough to time bans to the
+/// millisecond, which an `nft` process per poll is not.
+pub struct SetWatcher {
+    requests: std::sync::mpsc::Sender<(IpAddr, Duration, std::sync::mpsc::Sender<Option<Instant>>)>,
+}
+
+impl SetWatcher {
+    pub fn new(ns: &Netns, table: &str, jail: &str) -> SetWatcher {
+        let path = format!("/run/netns/{}", ns.name);
+        let table = table.to_string();
+        let jail = jail.to_string();
+        let (tx, rx) = std::sync::mpsc::channel::<(
+            IpAddr,
+            Duration,
+            std::sync::mpsc::Sender<Option<Instant>>,
+        )>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let mut fw = banjo::firewall::Firewall::open(&table).expect("netlink");
+            let config = banjo::config::Config::parse(
+                Path::new("watch.toml"),
+                &format!("[jail.{jail}]\nfailregex = ['x <HOST>']\n"),
+            )
+            .expect("watch config");
+            fw.adopt(&config.jails).expect("adopt");
+            let _ = ready_tx.send(());
+            for (ip, limit, reply) in rx {
+                let start = Instant::now();
+                let mut seen = None;
+                while start.elapsed() < limit {
+                    let present = fw
+                        .list(banjo::jail::JailId(0))
+                        .map(|l| l.iter().any(|e| e.ip == ip))
+                        .unwrap_or(false);
+                    if present {
+                        seen = Some(Instant::now());
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                let _ = reply.send(seen);
+            }
+        });
+        ready_rx.recv().expect("watcher up");
+        SetWatcher { requests: tx }
+    }
+
+    /// When `ip` was first seen in the jail's sets, or `None` after `limit`.
+    pub fn wait_for(&self, ip: IpAddr, limit: Duration) -> Option<Instant> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.requests.send((ip, limit, tx)).ok()?;
+        rx.recv().ok().flatten()
+    }
+}

@@ -66,7 +66,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use regex_automata::meta::{self, Regex, WhichCaptures};
+use regex_automata::meta::{self, Regex};
+use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
@@ -336,7 +337,7 @@ impl Filter {
                 reason,
             };
             if jail.failregex.is_empty() {
-                return Err(err(PatternKind::Failregex, None, "no failregex".to_string()));
+                return Err(err(PatternKind::Failregex, None, "the list is empty".to_string()));
             }
             let mut mine = (Vec::new(), Vec::new());
             for (i, template) in jail.failregex.iter().enumerate() {
@@ -477,6 +478,16 @@ impl Filter {
         }
     }
 
+    #[allow(missing_docs)]
+    pub fn probe_stage(&self, cache: &mut Cache, message: &[u8], stage: u8) -> usize {
+        let input = Input::new(message);
+        if !self.first.is_match_with(&mut cache.first, &input) { return 0; }
+        if stage == 0 { return 1; }
+        cache.set.clear();
+        self.all.which_overlapping_matches_with(&mut cache.all, &input, &mut cache.set);
+        cache.set.len()
+    }
+
     /// Runs (or recalls) the capture regex of distinct failregex `i`.
     fn capture(&self, cache: &mut Cache, i: usize, message: &[u8]) -> Captured {
         if let Some(Some(done)) = cache.memo.get(i) {
@@ -519,4 +530,472 @@ impl Filter {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::jail::{Bantime, JournalMatch, MatchTerm, Ports, Protocol};
+
+    fn jail(name: &str, failregex: &[&str], ignoreregex: &[&str]) -> Jail {
+        Jail {
+            name: name.to_string(),
+            journalmatch: JournalMatch {
+                groups: vec![vec![MatchTerm {
+                    field: "SYSLOG_IDENTIFIER".into(),
+                    value: "postfix/smtpd".into(),
+                }]],
+            },
+            failregex: failregex.iter().map(|s| s.to_string()).collect(),
+            ignoreregex: ignoreregex.iter().map(|s| s.to_string()).collect(),
+            maxretry: 3,
+            findtime: Duration::from_secs(600),
+            bantime: Bantime::For(Duration::from_secs(3600)),
+            ignoreip: Vec::new(),
+            ports: Ports::All,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn scan_all(filter: &Filter, line: &[u8]) -> Vec<Hit> {
+        let mut cache = filter.cache();
+        let mut hits = Vec::new();
+        filter.scan(&mut cache, line, &JailSet::first(filter.jails.len()), &mut hits);
+        hits
+    }
+
+    /// The outcome of the single jail of `filter`, if any.
+    fn one(filter: &Filter, line: &str) -> Option<Outcome> {
+        let hits = scan_all(filter, line.as_bytes());
+        assert!(hits.len() <= 1, "{hits:?}");
+        hits.first().map(|h| h.outcome)
+    }
+
+    fn failure(s: &str) -> Option<Outcome> {
+        Some(Outcome::Failure(s.parse().unwrap()))
+    }
+
+    fn postfix() -> Filter {
+        Filter::new(&[jail("postfix", POSTFIX_FAILREGEX, POSTFIX_IGNOREREGEX)]).unwrap()
+    }
+
+    const FLOOD: &str = r"lost connection after AUTH from (.*)\[<HOST>\]";
+
+    #[test]
+    fn tutorial_flood_failregex() {
+        let f = Filter::new(&[jail("flood", &[FLOOD], &[])]).unwrap();
+        assert_eq!(
+            one(&f, "lost connection after AUTH from unknown[114.232.141.99]"),
+            failure("114.232.141.99")
+        );
+        assert_eq!(
+            one(&f, "lost connection after AUTH from unknown[2001:db8::66]"),
+            failure("2001:db8::66")
+        );
+        assert_eq!(one(&f, "lost connection after EHLO from unknown[192.0.2.66]"), None);
+        assert_eq!(one(&f, "connect from unknown[192.0.2.66]"), None);
+        // Anchored: the words must start the message.
+        assert_eq!(
+            one(&f, "x lost connection after AUTH from unknown[192.0.2.66]"),
+            None
+        );
+    }
+
+    #[test]
+    fn real_postfix_lines() {
+        let f = postfix();
+        let cases: &[(&str, Option<Outcome>)] = &[
+            (
+                "warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: authentication failure, sasl_username=alice@example.test",
+                failure("192.0.2.66"),
+            ),
+            ("warning: SASL authentication failure: Password verification failed", None),
+            (
+                "warning: bad.example.net[192.0.2.77]: SASL LOGIN authentication failed: authentication failure, sasl_username=admin@example.test",
+                failure("192.0.2.77"),
+            ),
+            (
+                "warning: unknown[2001:db8::66]: SASL LOGIN authentication failed: authentication failure, sasl_username=alice@example.test",
+                failure("2001:db8::66"),
+            ),
+            (
+                "warning: unknown[192.0.2.66]:50312: SASL PLAIN authentication failed: UGFzc3dvcmQ6",
+                failure("192.0.2.66"),
+            ),
+            (
+                "NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 504 5.5.2 <ylmf-pc>: Helo command rejected: need fully-qualified hostname; from=<spam@example.net> to=<alice@example.test> proto=ESMTP helo=<ylmf-pc>",
+                failure("192.0.2.66"),
+            ),
+            (
+                "NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 <victim@example.org>: Relay access denied; from=<spam@example.net> to=<victim@example.org> proto=ESMTP helo=<example.net>",
+                failure("192.0.2.66"),
+            ),
+            (
+                "NOQUEUE: reject: RCPT from bad.example.net[192.0.2.77]: 550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown in local recipient table; from=<a@example.net> to=<nobody@example.test> proto=ESMTP helo=<bad.example.net>",
+                failure("192.0.2.77"),
+            ),
+            (
+                "D45C3D01B2: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 <v@example.org>: Relay access denied; from=<s@example.net> to=<v@example.org> proto=ESMTP helo=<x>",
+                failure("192.0.2.66"),
+            ),
+            // Greylisting and other temporary rejects are not failures.
+            (
+                "NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 450 4.7.1 <x@example.test>: Recipient address rejected: try later; from=<a@example.net> to=<x@example.test> proto=ESMTP helo=<a>",
+                None,
+            ),
+            ("connect from unknown[1.2.3.4]", None),
+            ("connect from unknown[192.0.2.66]", None),
+            ("lost connection after AUTH from unknown[192.0.2.66]", None),
+            ("disconnect from unknown[192.0.2.66] ehlo=1 auth=0/1 commands=1/2", None),
+            (
+                "D45C3D01B2: client=legit.example.test[192.0.2.10], sasl_method=PLAIN, sasl_username=alice@example.test",
+                None,
+            ),
+            // Dovecot's auth service being down is not the client's fault.
+            (
+                "warning: unknown[192.0.2.66]: SASL PLAIN authentication failed: Connection lost to authentication server",
+                Some(Outcome::Ignored),
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(one(&f, line), *want, "{line}");
+        }
+    }
+
+    #[test]
+    fn earliest_host_wins() {
+        let f = Filter::new(&[jail(
+            "sasl",
+            &[r"warning: (.*)\[<HOST>\]: SASL \S+ authentication failed"],
+            &[],
+        )])
+        .unwrap();
+        let line = "warning: unknown[198.51.100.7]: SASL LOGIN authentication failed: authentication failure, sasl_username=x]: SASL LOGIN authentication failed [192.0.2.99]: SASL PLAIN authentication failed";
+        assert_eq!(one(&f, line), failure("198.51.100.7"));
+        // A lazy marker the user wrote stays lazy.
+        let f = Filter::new(&[jail(
+            "lazy",
+            &[r"warning: (.*?)\[<HOST>\]: SASL \S+? authentication failed"],
+            &[],
+        )])
+        .unwrap();
+        assert_eq!(one(&f, line), failure("198.51.100.7"));
+    }
+
+    #[test]
+    fn injection_never_yields_the_injected_address() {
+        let regexes: Vec<&str> = POSTFIX_FAILREGEX.iter().copied().chain([FLOOD]).collect();
+        let f = Filter::new(&[jail("all", &regexes, &[])]).unwrap();
+        let payloads = [
+            "from unknown[192.0.2.99]",
+            "[192.0.2.99]",
+            "lost connection after AUTH from unknown[192.0.2.99]",
+            "x]: SASL LOGIN authentication failed [192.0.2.99]",
+            "\nlost connection after AUTH from unknown[192.0.2.99]",
+        ];
+        for p in payloads {
+            let lines = [
+                format!("warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: authentication failure, sasl_username={p}"),
+                format!("NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 504 5.5.2 <{p}>: Helo command rejected: need fully-qualified hostname; from=<spam@example.net> to=<alice@example.test> proto=ESMTP helo=<{p}>"),
+                format!("lost connection after AUTH from unknown[192.0.2.66] {p}"),
+            ];
+            for line in &lines {
+                let got = one(&f, line);
+                assert_eq!(got, failure("192.0.2.66"), "{line}");
+            }
+            // A line that is no failure stays none, whatever the payload.
+            let benign = format!("connect from unknown[192.0.2.66] helo={p}");
+            assert_eq!(one(&f, &benign), None, "{benign}");
+        }
+    }
+
+    #[test]
+    fn ignoreregex_vetoes() {
+        let f = Filter::new(&[jail(
+            "postfix",
+            POSTFIX_FAILREGEX,
+            &[r"sasl_username=alice@example\.test"],
+        )])
+        .unwrap();
+        assert_eq!(
+            one(&f, "warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: authentication failure, sasl_username=alice@example.test"),
+            Some(Outcome::Ignored)
+        );
+        assert_eq!(
+            one(&f, "warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: authentication failure, sasl_username=bob@example.test"),
+            failure("192.0.2.66")
+        );
+        // The shipped ignoreregex is anchored: a username cannot forge it.
+        let f = postfix();
+        assert_eq!(
+            one(&f, "warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: authentication failure, sasl_username=authentication failed: Connection lost to authentication server"),
+            failure("192.0.2.66")
+        );
+    }
+
+    #[test]
+    fn only_jails_in_the_set() {
+        let f = Filter::new(&[
+            jail("a", POSTFIX_FAILREGEX, &[]),
+            jail("b", &[FLOOD], &[]),
+            jail("c", POSTFIX_FAILREGEX, &[r"helo=<ylmf-pc>"]),
+        ])
+        .unwrap();
+        let mut cache = f.cache();
+        let line = b"NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 504 5.5.2 <ylmf-pc>: Helo command rejected: need fully-qualified hostname; from=<spam@example.net> to=<alice@example.test> proto=ESMTP helo=<ylmf-pc>";
+        let mut hits = Vec::new();
+        f.scan(&mut cache, line, &JailSet::first(3), &mut hits);
+        assert_eq!(
+            hits,
+            vec![
+                Hit {
+                    jail: JailId(0),
+                    failregex: 1,
+                    outcome: Outcome::Failure("192.0.2.66".parse().unwrap())
+                },
+                Hit {
+                    jail: JailId(2),
+                    failregex: 1,
+                    outcome: Outcome::Ignored
+                },
+            ]
+        );
+        let mut only_b = JailSet::EMPTY;
+        only_b.insert(JailId(1));
+        hits.clear();
+        f.scan(&mut cache, line, &only_b, &mut hits);
+        assert!(hits.is_empty());
+        let mut only_c = JailSet::EMPTY;
+        only_c.insert(JailId(2));
+        f.scan(&mut cache, line, &only_c, &mut hits);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].jail, JailId(2));
+        hits.clear();
+        f.scan(&mut cache, line, &JailSet::EMPTY, &mut hits);
+        assert!(hits.is_empty());
+        // Shared patterns are stored once.
+        assert_eq!(f.fail.len(), 3);
+    }
+
+    #[test]
+    fn bytes_and_huge_lines() {
+        let f = postfix();
+        let mut line = b"warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: authentication failure, sasl_username=".to_vec();
+        line.extend_from_slice(b"\xff\xfe\x80[192.0.2.99]\xc3");
+        assert_eq!(
+            scan_all(&f, &line)[0].outcome,
+            Outcome::Failure("192.0.2.66".parse().unwrap())
+        );
+        assert!(scan_all(&f, b"warning: \xff[192.0.2.66]: SASL LOGIN authentication failed").is_empty());
+        assert!(scan_all(&f, b"").is_empty());
+        assert!(scan_all(&f, b"\xff\xff\xff\xff").is_empty());
+        let mut huge = b"warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: ".to_vec();
+        huge.resize(1 << 20, b'A');
+        assert_eq!(
+            scan_all(&f, &huge)[0].outcome,
+            Outcome::Failure("192.0.2.66".parse().unwrap())
+        );
+        let mut junk: Vec<u8> = (0..1usize << 20).map(|i| (i * 7919 % 251) as u8).collect();
+        assert!(scan_all(&f, &junk).is_empty());
+        junk.truncate(0);
+        junk.resize(1 << 20, b'[');
+        assert!(scan_all(&f, &junk).is_empty());
+        // A huge line through the flood regex, whose `(.*)` scans it all.
+        let f = Filter::new(&[jail("flood", &[FLOOD], &[r"never"])]).unwrap();
+        let mut huge = b"lost connection after AUTH from ".to_vec();
+        huge.resize(1 << 20, b'x');
+        huge.extend_from_slice(b"[192.0.2.66]");
+        assert_eq!(
+            scan_all(&f, &huge)[0].outcome,
+            Outcome::Failure("192.0.2.66".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn hostnames_are_not_addresses() {
+        let f = Filter::new(&[jail(
+            "sshd",
+            &[r"Failed password for \S+ from <HOST> port \d+"],
+            &[],
+        )])
+        .unwrap();
+        assert_eq!(
+            one(&f, "Failed password for root from 192.0.2.5 port 22 ssh2"),
+            failure("192.0.2.5")
+        );
+        for line in [
+            "Failed password for root from 1.2.3.4.evil.example port 22 ssh2",
+            "Failed password for root from host.example.net port 22 ssh2",
+            "Failed password for root from 01.2.3.4 port 22 ssh2",
+        ] {
+            assert_eq!(one(&f, line), Some(Outcome::NotAnAddress), "{line}");
+        }
+        // A narrow tag followed by word characters was cut out of a word.
+        let f = Filter::new(&[jail("ip4", &[r"from <IP4>"], &[])]).unwrap();
+        assert_eq!(one(&f, "from 1.2.3.4-evil.example"), Some(Outcome::NotAnAddress));
+        assert_eq!(one(&f, "from 1.2.3.4.evil.example"), Some(Outcome::NotAnAddress));
+        assert_eq!(one(&f, "from 1.2.3.4:25"), failure("1.2.3.4"));
+        // A trailing dot belongs to the token unless the pattern says otherwise.
+        assert_eq!(one(&f, "from 1.2.3.4."), Some(Outcome::NotAnAddress));
+        let f2 = Filter::new(&[jail("dot", &[r"closed by <HOST>\."], &[])]).unwrap();
+        assert_eq!(one(&f2, "closed by 1.2.3.4."), failure("1.2.3.4"));
+        assert_eq!(one(&f2, "closed by 1.2.3.4.x"), Some(Outcome::NotAnAddress));
+        assert_eq!(one(&f, "from 2001:db8::1"), Some(Outcome::NotAnAddress));
+        let f = Filter::new(&[jail("ip6", &[r"from <IP6> "], &[])]).unwrap();
+        assert_eq!(one(&f, "from 1.2.3.4 "), Some(Outcome::NotAnAddress));
+        assert_eq!(one(&f, "from [2001:db8::1]:25 "), failure("2001:db8::1"));
+        assert_eq!(one(&f, "from ::ffff:192.0.2.1 "), failure("192.0.2.1"));
+        let f = Filter::new(&[jail("addr", &[r"rip=<ADDR>,"], &[])]).unwrap();
+        assert_eq!(one(&f, "rip=192.0.2.3, lip=192.0.2.1"), failure("192.0.2.3"));
+        assert_eq!(one(&f, "rip=2001:db8::3, lip=::1"), failure("2001:db8::3"));
+    }
+
+    #[test]
+    fn an_address_beats_an_earlier_non_address() {
+        let f = Filter::new(&[jail(
+            "two",
+            &[r"user \S+ from <HOST>", r"user \S+ from \S+ \(<HOST>\)"],
+            &[],
+        )])
+        .unwrap();
+        let hits = scan_all(&f, b"user x from mail.example.net (192.0.2.8)");
+        assert_eq!(
+            hits,
+            vec![Hit {
+                jail: JailId(0),
+                failregex: 1,
+                outcome: Outcome::Failure("192.0.2.8".parse().unwrap())
+            }]
+        );
+        let hits = scan_all(&f, b"user x from mail.example.net");
+        assert_eq!(hits[0].failregex, 0);
+        assert_eq!(hits[0].outcome, Outcome::NotAnAddress);
+    }
+
+    #[test]
+    fn first_participating_tag_names_the_host() {
+        let f = Filter::new(&[jail("alt", &[r"(?:a=<IP6>|b=<IP4>|c=<HOST>) end"], &[])]).unwrap();
+        assert_eq!(one(&f, "b=192.0.2.1 end"), failure("192.0.2.1"));
+        assert_eq!(one(&f, "a=2001:db8::2 end"), failure("2001:db8::2"));
+        assert_eq!(one(&f, "c=[2001:db8::3] end"), failure("2001:db8::3"));
+        let f = Filter::new(&[jail("opt", &[r"x(?: <HOST>)? y"], &[])]).unwrap();
+        assert_eq!(one(&f, "x y"), Some(Outcome::NotAnAddress));
+    }
+
+    #[test]
+    fn python_isms_work() {
+        let f = Filter::new(&[jail(
+            "py",
+            &[r"(?P<verb>RCPT) from [^[]*\[<HOST>\]: 5\d\d (?#the code)"],
+            &[],
+        )])
+        .unwrap();
+        assert_eq!(
+            one(&f, "RCPT from unknown[192.0.2.9]: 550 no"),
+            failure("192.0.2.9")
+        );
+        // User group names do not clash with banjo's.
+        let f = Filter::new(&[jail("names", &[r"(?P<host>\S+)\[<HOST>\]"], &[])]).unwrap();
+        assert_eq!(one(&f, "name[192.0.2.4]"), failure("192.0.2.4"));
+    }
+
+    #[test]
+    fn ascii_syntax_keeps_the_lazy_dfa() {
+        let hir = syntax::parse_with(r"\bfoo\b\w+", &syntax_config(false)).unwrap();
+        let looks = hir.properties().look_set();
+        assert!(looks.contains_word_ascii());
+        assert!(!looks.contains_word_unicode());
+        // The combined patterns build as a lazy DFA and search without
+        // giving up on a real line.
+        let f = Filter::new(&[jail("postfix", POSTFIX_FAILREGEX, POSTFIX_IGNOREREGEX), jail("flood", &[FLOOD], &[r"\bfoo\b"])]).unwrap();
+        let mut texts = Vec::new();
+        for j in [&POSTFIX_FAILREGEX[..], &[FLOOD]] {
+            for t in j {
+                texts.push(failregex::expand(t, true, true).unwrap().matcher);
+            }
+        }
+        texts.push(failregex::expand(r"\bfoo\b", false, false).unwrap().matcher);
+        let dfa = regex_automata::hybrid::dfa::DFA::builder()
+            .syntax(syntax_config(false))
+            .configure(
+                regex_automata::hybrid::dfa::DFA::config()
+                    .match_kind(MatchKind::All)
+                    .cache_capacity(COMBINED_CACHE),
+            )
+            .build_many(&texts)
+            .unwrap();
+        let mut cache = dfa.create_cache();
+        let line = "warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: authentication failure, sasl_username=alice@example.test";
+        assert!(dfa
+            .try_search_fwd(&mut cache, &Input::new(line))
+            .unwrap()
+            .is_some());
+        assert_eq!(f.all.pattern_len(), texts.len() + POSTFIX_IGNOREREGEX.len());
+    }
+
+    #[test]
+    fn build_errors() {
+        let err = |failregex: &[&str], ignoreregex: &[&str]| {
+            Filter::new(&[jail("ok", POSTFIX_FAILREGEX, &[]), jail("web", failregex, ignoreregex)])
+                .unwrap_err()
+        };
+        let e = err(&[FLOOD, FLOOD, "no tag"], &[]);
+        assert_eq!(e.to_string(), "jail web: failregex 2: no <HOST>, <ADDR>, <IP4> or <IP6> tag");
+        assert_eq!((e.jail(), e.kind(), e.index()), (Some("web"), PatternKind::Failregex, Some(2)));
+        let e = err(&["from <HOTS>"], &[]);
+        assert!(e.to_string().starts_with("jail web: failregex 0: unknown tag <HOTS>"), "{e}");
+        let e = err(&[r"from <HOST> a{5,2}"], &[]);
+        assert!(e.to_string().starts_with("jail web: failregex 0: "), "{e}");
+        assert!(e.reason().contains("repetition"), "{e}");
+        assert!(!e.reason().contains('\n'));
+        let e = err(&[r"from <HOST> (?=x)"], &[]);
+        assert!(e.reason().starts_with("look-around"), "{e}");
+        let e = err(&[FLOOD], &["ok", r"\p{Greek}"]);
+        assert_eq!((e.kind(), e.index()), (PatternKind::Ignoreregex, Some(1)));
+        assert!(e.to_string().starts_with("jail web: ignoreregex 1: "), "{e}");
+        let e = err(&[FLOOD], &["<BOGUS>"]);
+        assert!(e.reason().starts_with("unknown tag <BOGUS>"), "{e}");
+        let e = err(&[], &[]);
+        assert_eq!(e.to_string(), "jail web: failregex: the list is empty");
+        assert_eq!(e.index(), None);
+        let many: Vec<Jail> = (0..MAX_JAILS + 1).map(|i| jail(&format!("j{i}"), &[FLOOD], &[])).collect();
+        let e = Filter::new(&many).unwrap_err();
+        assert_eq!(e.jail(), None);
+        assert!(e.to_string().starts_with("all jails: "), "{e}");
+    }
+
+    #[test]
+    fn validate_single_failregex() {
+        for ok in POSTFIX_FAILREGEX.iter().chain([&FLOOD]) {
+            assert_eq!(Filter::validate(ok), Ok(()));
+        }
+        assert_eq!(
+            Filter::validate("nothing"),
+            Err("no <HOST>, <ADDR>, <IP4> or <IP6> tag".to_string())
+        );
+        assert!(Filter::validate("<HOST> [z-a]").is_err());
+    }
+
+    #[test]
+    fn no_jails_and_foreign_caches() {
+        let empty = Filter::new(&[]).unwrap();
+        assert!(scan_all(&empty, b"anything").is_empty());
+        let f = postfix();
+        let mut foreign = empty.cache();
+        let mut hits = Vec::new();
+        f.scan(
+            &mut foreign,
+            b"warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: x",
+            &JailSet::first(1),
+            &mut hits,
+        );
+        assert_eq!(hits.len(), 1);
+    }
+
+    #[test]
+    fn filter_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Filter>();
+        fn send<T: Send>() {}
+        send::<Cache>();
+    }
+}

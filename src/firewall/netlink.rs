@@ -261,7 +261,8 @@ impl MsgBuf {
         self.pad();
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         start
     }
 
@@ -361,6 +362,12 @@ impl Batch {
         self.buf.end_msg(e);
         self.buf.check()?;
         Ok(std::mem::take(&mut self.buf.buf))
+    }
+
+    /// The wire bytes, for tests.
+    #[cfg(test)]
+    pub(crate) fn finish_for_test(&mut self) -> Vec<u8> {
+        self.finish().unwrap_or_default()
     }
 
     /// Sequence numbers the batch uses, BATCH_BEGIN and BATCH_END included.
@@ -570,6 +577,18 @@ impl Socket {
         })
     }
 
+    /// Lowers the batch size limit, for tests.
+    #[cfg(test)]
+    pub(crate) fn set_send_limit_for_test(&mut self, limit: usize) {
+        self.send_limit = limit;
+    }
+
+    /// The next sequence number, for tests.
+    #[cfg(test)]
+    pub(crate) fn seq_for_test(&self) -> u32 {
+        self.seq
+    }
+
     /// Largest batch, in bytes, the socket accepts in one send.
     pub(crate) fn send_limit(&self) -> usize {
         self.send_limit
@@ -685,8 +704,8 @@ impl Socket {
     /// Sends one request (`encode` writes its attributes) and hands each
     /// reply message of type `reply` to `on_reply`. A dump ends at
     /// NLMSG_DONE; a plain request is sent with NLM_F_ACK and ends at its
-    /// acknowledgement. Interrupted dumps are retried from scratch, after
-    /// `reset` is called.
+    /// acknowledgement. An interrupted dump (the ruleset changed meanwhile)
+    /// is retried from scratch; `on_reply(None)` announces each attempt.
     pub(crate) fn request(
         &mut self,
         msg: u8,
@@ -694,11 +713,10 @@ impl Socket {
         dump: bool,
         encode: &dyn Fn(&mut MsgBuf),
         reply: u8,
-        reset: &mut dyn FnMut(),
-        on_reply: &mut dyn FnMut(NlMsg<'_>) -> Result<(), Malformed>,
+        on_reply: &mut dyn FnMut(Option<NlMsg<'_>>) -> Result<(), Malformed>,
     ) -> Result<(), RequestError> {
         for _ in 0..DUMP_ATTEMPTS {
-            reset();
+            on_reply(None).map_err(|e| RequestError::Protocol(e.0.into()))?;
             let seq = self.take_seq(1);
             let mut buf = MsgBuf::new();
             let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
@@ -709,11 +727,16 @@ impl Socket {
                 .map_err(|e| RequestError::Protocol(e.to_string()))?;
             self.send_all(buf.bytes()).map_err(RequestError::Errno)?;
             let mut interrupted = false;
+            // After a failure, keep reading to the end of the reply: an
+            // unfinished dump would make the next one fail with EBUSY.
+            let mut failed: Option<RequestError> = None;
             'recv: loop {
                 let len = match self.recv_one(MsgFlags::empty()) {
                     Ok(len) => len,
                     Err(RecvError::Errno(Errno::EAGAIN)) => {
-                        return Err(RequestError::Protocol("no reply from the kernel".into()))
+                        return Err(failed.unwrap_or_else(|| {
+                            RequestError::Protocol("no reply from the kernel".into())
+                        }))
                     }
                     Err(RecvError::Errno(e)) => return Err(RequestError::Errno(e)),
                     Err(RecvError::Truncated) => {
@@ -723,7 +746,13 @@ impl Socket {
                     }
                 };
                 for m in Messages::new(&self.recv[..len]) {
-                    let m = m.map_err(|e| RequestError::Protocol(e.0.into()))?;
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            failed.get_or_insert(RequestError::Protocol(e.0.into()));
+                            break;
+                        }
+                    };
                     if m.seq != seq {
                         continue;
                     }
@@ -731,20 +760,28 @@ impl Socket {
                         interrupted = true;
                     }
                     if m.ty == NLMSG_ERROR || m.ty == NLMSG_DONE {
-                        let code = m
-                            .error_code()
-                            .map_err(|e| RequestError::Protocol(e.0.into()))?;
-                        if code != 0 {
-                            return Err(RequestError::Errno(Errno::from_raw(
-                                code.saturating_neg(),
-                            )));
+                        match m.error_code() {
+                            Ok(0) => {}
+                            Ok(code) => {
+                                failed.get_or_insert(RequestError::Errno(Errno::from_raw(
+                                    code.saturating_neg(),
+                                )));
+                            }
+                            Err(e) => {
+                                failed.get_or_insert(RequestError::Protocol(e.0.into()));
+                            }
                         }
                         break 'recv;
                     }
-                    if is_nft(m.ty, reply) && !interrupted {
-                        on_reply(m).map_err(|e| RequestError::Protocol(e.0.into()))?;
+                    if failed.is_none() && !interrupted && is_nft(m.ty, reply) {
+                        if let Err(e) = on_reply(Some(m)) {
+                            failed = Some(RequestError::Protocol(e.0.into()));
+                        }
                     }
                 }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
             if !interrupted {
                 return Ok(());
@@ -778,7 +815,7 @@ mod tests {
         // nfgenmsg: family 0, version 0, res_id = htons(10)
         assert_eq!(begin.payload, &[0, 0, 0, 10]);
         let table = msgs[1].clone().unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(table.ty, (10 << 8) | 0);
+        assert_eq!(table.ty, 10 << 8);
         assert_eq!(table.seq, 8);
         assert_eq!(table.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE);
         // nfgenmsg (inet), then NFTA_TABLE_NAME "ab\0" padded to 8 bytes.
