@@ -77,15 +77,18 @@ fn config_path(args: &[String]) -> Result<PathBuf, String> {
 }
 
 fn run(path: PathBuf) -> ExitCode {
-    crate::log::init();
+    let to_journal = crate::log::init();
     match crate::daemon::run(&path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            // Also on stderr when logging goes to the journal, so that a
-            // foreground `banjo run` shows why it stopped.
-            if std::env::var_os("INVOCATION_ID").is_none() {
-                eprintln!("banjo: {e}");
+            // One line where the admin looks: the journal entry (with its
+            // priority) under systemd, plain stderr on a terminal.
+            let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+            if to_journal {
+                tracing::error!("{e}");
+            }
+            if !to_journal || !under_systemd {
+                eprintln!("{e}");
             }
             match e {
                 crate::daemon::Error::Config(_) | crate::daemon::Error::Filter(_) => {

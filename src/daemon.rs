@@ -134,13 +134,12 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         pipeline.config.table
     );
     let _ = sd_notify::notify(
-        false,
         &[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&daemon.status(&pipeline)),
         ],
     );
-    let watchdog = sd_notify::watchdog_enabled(false).map(|d| d / 2);
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut last_watchdog = Instant::now();
 
     loop {
@@ -148,7 +147,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         let now = Instant::now();
         if let Some(period) = watchdog {
             if now.duration_since(last_watchdog) >= period {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 last_watchdog = now;
             }
         }
@@ -195,7 +194,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         }
     }
 
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.flush(&pipeline)?;
     daemon.save(&pipeline)?;
     tracing::info!(message_id = log::STOPPED, "banjo stopped; bans stay in the kernel until they expire");
@@ -266,18 +265,20 @@ impl Pipeline {
         }
     }
 
-    fn jails_for(&self, matched: u64) -> JailSet {
-        let mut set = JailSet::EMPTY;
-        let mut bits = matched;
-        while bits != 0 {
-            let i = bits.trailing_zeros() as usize;
-            if let Some(jails) = self.jails_of_match.get(i) {
-                set.union_with(jails);
-            }
-            bits &= bits - 1;
+}
+
+/// The jails an entry belongs to, from its journalmatch bitmask.
+fn jails_for(jails_of_match: &[JailSet], matched: u64) -> JailSet {
+    let mut set = JailSet::EMPTY;
+    let mut bits = matched;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        if let Some(jails) = jails_of_match.get(i) {
+            set.union_with(jails);
         }
-        set
+        bits &= bits - 1;
     }
+    set
 }
 
 struct Daemon {
@@ -304,7 +305,7 @@ impl Daemon {
             let Some(entry) = p.journal.next()? else { break };
             any = true;
             let time = entry.time;
-            let jails = p.jails_for(entry.matched);
+            let jails = jails_for(&p.jails_of_match, entry.matched);
             self.hits.clear();
             if !jails.is_empty() {
                 p.filter.scan(&mut p.cache, entry.message, &jails, &mut self.hits);
@@ -325,7 +326,8 @@ impl Daemon {
                 Mode::Live => false,
             };
             self.counters.lines += u64::from(!replaying);
-            for hit in &self.hits {
+            let hits = std::mem::take(&mut self.hits);
+            for hit in &hits {
                 match hit.outcome {
                     Outcome::Failure(ip) => {
                         let failure = Failure { jail: hit.jail, ip, time };
@@ -339,6 +341,7 @@ impl Daemon {
                     _ => {}
                 }
             }
+            self.hits = hits;
             if self.pending.len() >= FLUSH_AT {
                 self.flush(p)?;
             }
@@ -358,7 +361,7 @@ impl Daemon {
             self.last_expire = now;
         }
         if any && now.duration_since(self.last_status) >= Duration::from_secs(1) {
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&self.status(p))]);
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status(p))]);
             self.last_status = now;
         }
         Ok(())
@@ -465,7 +468,6 @@ impl Daemon {
     /// jails' counts start from what the journal already holds.
     fn reload(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<(), Error> {
         let _ = sd_notify::notify(
-            false,
             &[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Reloading)],
         );
         let result = Config::load(&self.config_path)
@@ -491,7 +493,7 @@ impl Daemon {
                 tracing::error!(message_id = log::RELOAD, "reload refused, keeping the running configuration: {e}");
             }
         }
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&self.status(p))]);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&self.status(p))]);
         Ok(())
     }
 }

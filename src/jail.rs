@@ -60,7 +60,7 @@ pub enum Ports {
 }
 
 /// Transport protocol of the jail's ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// TCP: refused with a TCP reset.
     Tcp,
@@ -262,7 +262,7 @@ mod tests {
         s.insert(JailId(200));
         assert!(s.contains(JailId(200)) && s.contains(JailId(0)));
         assert!(!s.contains(JailId(1)));
-        assert_eq!(JailSet::first(3).contains(JailId(2)), true);
-        assert_eq!(JailSet::first(3).contains(JailId(3)), false);
+        assert!(JailSet::first(3).contains(JailId(2)));
+        assert!(!JailSet::first(3).contains(JailId(3)));
     }
 }

@@ -46,10 +46,10 @@ impl std::fmt::Display for Source {
 pub struct Error {
     step: String,
     #[source]
-    source: std::io::Error,
+    source: systemd::Error,
 }
 
-fn step(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+fn step(step: impl Into<String>) -> impl FnOnce(systemd::Error) -> Error {
     let step = step.into();
     move |source| Error { step, source }
 }
@@ -85,7 +85,7 @@ impl Journal {
         if matches.len() > MAX_MATCHES {
             return Err(Error {
                 step: "adding journal matches".into(),
-                source: std::io::Error::other(format!(
+                source: systemd::Error::other(format!(
                     "{} distinct journalmatches, at most {MAX_MATCHES}",
                     matches.len()
                 )),
@@ -119,7 +119,7 @@ impl Journal {
                         .map_err(step(format!("adding journal match {data}")))?;
                     let name = CString::new(term.field.as_str()).map_err(|_| Error {
                         step: format!("adding journal match {data}"),
-                        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                        source: systemd::Error::from_raw_os_error(libc::EINVAL),
                     })?;
                     if !fields.contains(&name) {
                         fields.push(name);

@@ -24,8 +24,9 @@ pub const RELOAD: &str = "648847bd275b423ab74129b891a5a66d";
 pub const STOPPED: &str = "04c44a70a3904caeb8737d15a34d48fe";
 
 /// Installs the global subscriber. `BANJO_LOG` (e.g. `debug`) sets the
-/// level; the default is `info`.
-pub fn init() {
+/// level; the default is `info`. Returns true when logging goes to the
+/// journal (and false when to stderr).
+pub fn init() -> bool {
     let level = std::env::var("BANJO_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
@@ -52,7 +53,7 @@ pub fn init() {
                 .with(filter)
                 .with(layer)
                 .try_init();
-            return;
+            return true;
         }
     }
     let _ = tracing_subscriber::registry()
@@ -63,4 +64,5 @@ pub fn init() {
                 .with_target(false),
         )
         .try_init();
+    false
 }

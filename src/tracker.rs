@@ -81,6 +81,8 @@ impl Tracker {
         if policy.ignoreip.iter().any(|net| net.contains(ip)) {
             return Verdict::IgnoredIp;
         }
+        let (maxretry, findtime, bantime) =
+            (policy.maxretry as usize, policy.findtime, policy.bantime);
         let key = (failure.jail, ip);
         if let Some(&until) = self.banned.get(&key) {
             if failure.time < until {
@@ -91,8 +93,7 @@ impl Tracker {
         if self.failures.len() >= MAX_TRACKED && !self.failures.contains_key(&key) {
             self.evict_oldest();
         }
-        let maxretry = policy.maxretry as usize;
-        let window_start = failure.time.saturating_sub(policy.findtime);
+        let window_start = failure.time.saturating_sub(findtime);
         let times = self.failures.entry(key).or_default();
         // Entries arrive in journal order, which is time order within one
         // file but may step back slightly across interleaved files.
@@ -110,7 +111,7 @@ impl Tracker {
             };
         }
         self.failures.remove(&key);
-        let until = match policy.bantime {
+        let until = match bantime {
             Bantime::For(d) => failure.time.saturating_add(micros(d)),
             Bantime::Permanent => Micros::MAX,
         };
@@ -118,7 +119,7 @@ impl Tracker {
         Verdict::Ban(Ban {
             jail: failure.jail,
             ip,
-            bantime: policy.bantime,
+            bantime,
             time: failure.time,
         })
     }

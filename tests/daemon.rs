@@ -57,7 +57,7 @@ fn flood(ip: &str) -> String {
     format!("lost connection after AUTH from unknown[{ip}]")
 }
 
-fn helo_reject(ip: &str, n: usize) -> String {
+fn helo_reject(ip: &str, n: u64) -> String {
     format!("NOQUEUE: reject: RCPT from unknown[{ip}]: 504 5.5.2 <ylmf-pc>: Helo command rejected: need fully-qualified hostname; from=<{n}@example.net> to=<martinlujan997@example.com> proto=ESMTP helo=<ylmf-pc>")
 }
 

@@ -483,7 +483,10 @@ impl Resolver<'_> {
         Err(self.err(
             span.or_else(|| Some(self.jail_header(&jail.name))),
             &jail.name,
-            ErrorKind::BadRegex(e.reason().to_string()),
+            ErrorKind::BadRegex(match e.index() {
+                Some(i) => format!("{} {i}: {}", e.kind(), e.reason()),
+                None => format!("{}: {}", e.kind(), e.reason()),
+            }),
         ))
     }
 

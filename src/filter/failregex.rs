@@ -214,7 +214,7 @@ fn counted(chars: &[char], at: usize) -> Option<(String, usize)> {
         None => (inner.as_str(), None),
     };
     let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
-    if !digits(lo) || !hi.map_or(true, digits) {
+    if !digits(lo) || hi.is_some_and(|h| !digits(h)) {
         return None;
     }
     let text = match hi {

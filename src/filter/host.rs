@@ -39,18 +39,6 @@ pub(crate) enum HostKind {
     Ip6,
 }
 
-impl HostKind {
-    /// The tag's name as written in a failregex, without the angle brackets.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            HostKind::Host => "HOST",
-            HostKind::Addr => "ADDR",
-            HostKind::Ip4 => "IP4",
-            HostKind::Ip6 => "IP6",
-        }
-    }
-}
-
 /// Whether a byte may be part of an address token or a host name. A
 /// captured token that touches such a byte on either side was cut out of a
 /// longer word and is refused (see [`delimited`]). `:` is left out so that a

@@ -337,7 +337,11 @@ impl Filter {
                 reason,
             };
             if jail.failregex.is_empty() {
-                return Err(err(PatternKind::Failregex, None, "the list is empty".to_string()));
+                return Err(err(
+                    PatternKind::Failregex,
+                    None,
+                    "the list is empty".to_string(),
+                ));
             }
             let mut mine = (Vec::new(), Vec::new());
             for (i, template) in jail.failregex.iter().enumerate() {
@@ -478,16 +482,6 @@ impl Filter {
         }
     }
 
-    #[allow(missing_docs)]
-    pub fn probe_stage(&self, cache: &mut Cache, message: &[u8], stage: u8) -> usize {
-        let input = Input::new(message);
-        if !self.first.is_match_with(&mut cache.first, &input) { return 0; }
-        if stage == 0 { return 1; }
-        cache.set.clear();
-        self.all.which_overlapping_matches_with(&mut cache.all, &input, &mut cache.set);
-        cache.set.len()
-    }
-
     /// Runs (or recalls) the capture regex of distinct failregex `i`.
     fn capture(&self, cache: &mut Cache, i: usize, message: &[u8]) -> Captured {
         if let Some(Some(done)) = cache.memo.get(i) {
@@ -559,7 +553,12 @@ mod tests {
     fn scan_all(filter: &Filter, line: &[u8]) -> Vec<Hit> {
         let mut cache = filter.cache();
         let mut hits = Vec::new();
-        filter.scan(&mut cache, line, &JailSet::first(filter.jails.len()), &mut hits);
+        filter.scan(
+            &mut cache,
+            line,
+            &JailSet::first(filter.jails.len()),
+            &mut hits,
+        );
         hits
     }
 
@@ -584,14 +583,20 @@ mod tests {
     fn tutorial_flood_failregex() {
         let f = Filter::new(&[jail("flood", &[FLOOD], &[])]).unwrap();
         assert_eq!(
-            one(&f, "lost connection after AUTH from unknown[114.232.141.99]"),
+            one(
+                &f,
+                "lost connection after AUTH from unknown[114.232.141.99]"
+            ),
             failure("114.232.141.99")
         );
         assert_eq!(
             one(&f, "lost connection after AUTH from unknown[2001:db8::66]"),
             failure("2001:db8::66")
         );
-        assert_eq!(one(&f, "lost connection after EHLO from unknown[192.0.2.66]"), None);
+        assert_eq!(
+            one(&f, "lost connection after EHLO from unknown[192.0.2.66]"),
+            None
+        );
         assert_eq!(one(&f, "connect from unknown[192.0.2.66]"), None);
         // Anchored: the words must start the message.
         assert_eq!(
@@ -785,7 +790,11 @@ mod tests {
             scan_all(&f, &line)[0].outcome,
             Outcome::Failure("192.0.2.66".parse().unwrap())
         );
-        assert!(scan_all(&f, b"warning: \xff[192.0.2.66]: SASL LOGIN authentication failed").is_empty());
+        assert!(scan_all(
+            &f,
+            b"warning: \xff[192.0.2.66]: SASL LOGIN authentication failed"
+        )
+        .is_empty());
         assert!(scan_all(&f, b"").is_empty());
         assert!(scan_all(&f, b"\xff\xff\xff\xff").is_empty());
         let mut huge = b"warning: unknown[192.0.2.66]: SASL LOGIN authentication failed: ".to_vec();
@@ -831,8 +840,14 @@ mod tests {
         }
         // A narrow tag followed by word characters was cut out of a word.
         let f = Filter::new(&[jail("ip4", &[r"from <IP4>"], &[])]).unwrap();
-        assert_eq!(one(&f, "from 1.2.3.4-evil.example"), Some(Outcome::NotAnAddress));
-        assert_eq!(one(&f, "from 1.2.3.4.evil.example"), Some(Outcome::NotAnAddress));
+        assert_eq!(
+            one(&f, "from 1.2.3.4-evil.example"),
+            Some(Outcome::NotAnAddress)
+        );
+        assert_eq!(
+            one(&f, "from 1.2.3.4.evil.example"),
+            Some(Outcome::NotAnAddress)
+        );
         assert_eq!(one(&f, "from 1.2.3.4:25"), failure("1.2.3.4"));
         // A trailing dot belongs to the token unless the pattern says otherwise.
         assert_eq!(one(&f, "from 1.2.3.4."), Some(Outcome::NotAnAddress));
@@ -845,7 +860,10 @@ mod tests {
         assert_eq!(one(&f, "from [2001:db8::1]:25 "), failure("2001:db8::1"));
         assert_eq!(one(&f, "from ::ffff:192.0.2.1 "), failure("192.0.2.1"));
         let f = Filter::new(&[jail("addr", &[r"rip=<ADDR>,"], &[])]).unwrap();
-        assert_eq!(one(&f, "rip=192.0.2.3, lip=192.0.2.1"), failure("192.0.2.3"));
+        assert_eq!(
+            one(&f, "rip=192.0.2.3, lip=192.0.2.1"),
+            failure("192.0.2.3")
+        );
         assert_eq!(one(&f, "rip=2001:db8::3, lip=::1"), failure("2001:db8::3"));
     }
 
@@ -906,9 +924,13 @@ mod tests {
         assert!(!looks.contains_word_unicode());
         // The combined patterns build as a lazy DFA and search without
         // giving up on a real line.
-        let f = Filter::new(&[jail("postfix", POSTFIX_FAILREGEX, POSTFIX_IGNOREREGEX), jail("flood", &[FLOOD], &[r"\bfoo\b"])]).unwrap();
+        let f = Filter::new(&[
+            jail("postfix", POSTFIX_FAILREGEX, POSTFIX_IGNOREREGEX),
+            jail("flood", &[FLOOD], &[r"\bfoo\b"]),
+        ])
+        .unwrap();
         let mut texts = Vec::new();
-        for j in [&POSTFIX_FAILREGEX[..], &[FLOOD]] {
+        for j in [POSTFIX_FAILREGEX, &[FLOOD]] {
             for t in j {
                 texts.push(failregex::expand(t, true, true).unwrap().matcher);
             }
@@ -935,14 +957,27 @@ mod tests {
     #[test]
     fn build_errors() {
         let err = |failregex: &[&str], ignoreregex: &[&str]| {
-            Filter::new(&[jail("ok", POSTFIX_FAILREGEX, &[]), jail("web", failregex, ignoreregex)])
-                .unwrap_err()
+            Filter::new(&[
+                jail("ok", POSTFIX_FAILREGEX, &[]),
+                jail("web", failregex, ignoreregex),
+            ])
+            .unwrap_err()
         };
         let e = err(&[FLOOD, FLOOD, "no tag"], &[]);
-        assert_eq!(e.to_string(), "jail web: failregex 2: no <HOST>, <ADDR>, <IP4> or <IP6> tag");
-        assert_eq!((e.jail(), e.kind(), e.index()), (Some("web"), PatternKind::Failregex, Some(2)));
+        assert_eq!(
+            e.to_string(),
+            "jail web: failregex 2: no <HOST>, <ADDR>, <IP4> or <IP6> tag"
+        );
+        assert_eq!(
+            (e.jail(), e.kind(), e.index()),
+            (Some("web"), PatternKind::Failregex, Some(2))
+        );
         let e = err(&["from <HOTS>"], &[]);
-        assert!(e.to_string().starts_with("jail web: failregex 0: unknown tag <HOTS>"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("jail web: failregex 0: unknown tag <HOTS>"),
+            "{e}"
+        );
         let e = err(&[r"from <HOST> a{5,2}"], &[]);
         assert!(e.to_string().starts_with("jail web: failregex 0: "), "{e}");
         assert!(e.reason().contains("repetition"), "{e}");
@@ -951,13 +986,18 @@ mod tests {
         assert!(e.reason().starts_with("look-around"), "{e}");
         let e = err(&[FLOOD], &["ok", r"\p{Greek}"]);
         assert_eq!((e.kind(), e.index()), (PatternKind::Ignoreregex, Some(1)));
-        assert!(e.to_string().starts_with("jail web: ignoreregex 1: "), "{e}");
+        assert!(
+            e.to_string().starts_with("jail web: ignoreregex 1: "),
+            "{e}"
+        );
         let e = err(&[FLOOD], &["<BOGUS>"]);
         assert!(e.reason().starts_with("unknown tag <BOGUS>"), "{e}");
         let e = err(&[], &[]);
         assert_eq!(e.to_string(), "jail web: failregex: the list is empty");
         assert_eq!(e.index(), None);
-        let many: Vec<Jail> = (0..MAX_JAILS + 1).map(|i| jail(&format!("j{i}"), &[FLOOD], &[])).collect();
+        let many: Vec<Jail> = (0..MAX_JAILS + 1)
+            .map(|i| jail(&format!("j{i}"), &[FLOOD], &[]))
+            .collect();
         let e = Filter::new(&many).unwrap_err();
         assert_eq!(e.jail(), None);
         assert!(e.to_string().starts_with("all jails: "), "{e}");
