@@ -373,14 +373,17 @@ impl Banjo {
         self.stderr.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    /// banjo's pid while it runs (`ip netns exec` execs banjo in place,
+    /// so the child's pid is banjo's).
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
     }
 
-    /// `ip netns exec` forks banjo as its own process (exec), so the child
-    /// pid is banjo's.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+        // Never kill(0, ..): that would signal the whole test process group.
+        if let Some(pid) = self.pid().filter(|p| *p > 0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
     }
 
     pub fn kill(&mut self) {

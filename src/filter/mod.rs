@@ -911,6 +911,24 @@ mod tests {
             one(&f, "RCPT from unknown[192.0.2.9]: 550 no"),
             failure("192.0.2.9")
         );
+        // Literal angle brackets around a class keep working.
+        let f = Filter::new(&[jail(
+            "helo",
+            &[r"reject: RCPT from \S+\[<HOST>\]: 5\d\d .* helo=<[^>]*>$"],
+            &[],
+        )])
+        .unwrap();
+        assert_eq!(
+            one(
+                &f,
+                "reject: RCPT from unknown[192.0.2.9]: 504 x helo=<ylmf-pc>"
+            ),
+            failure("192.0.2.9")
+        );
+        assert_eq!(
+            one(&f, "reject: RCPT from unknown[192.0.2.9]: 504 x helo=<a>b>"),
+            None
+        );
         // User group names do not clash with banjo's.
         let f = Filter::new(&[jail("names", &[r"(?P<host>\S+)\[<HOST>\]"], &[])]).unwrap();
         assert_eq!(one(&f, "name[192.0.2.4]"), failure("192.0.2.4"));
