@@ -133,12 +133,10 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         pipeline.config.journal,
         pipeline.config.table
     );
-    let _ = sd_notify::notify(
-        &[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status(&daemon.status(&pipeline)),
-        ],
-    );
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&daemon.status(&pipeline)),
+    ]);
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut last_watchdog = Instant::now();
 
@@ -151,8 +149,12 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
                 last_watchdog = now;
             }
         }
-        let mut timeout: Option<Duration> = watchdog.map(|p| p.saturating_sub(now.duration_since(last_watchdog)));
-        if daemon.last_entry.is_some_and(|t| now.duration_since(t) < ACTIVE_FOR) {
+        let mut timeout: Option<Duration> =
+            watchdog.map(|p| p.saturating_sub(now.duration_since(last_watchdog)));
+        if daemon
+            .last_entry
+            .is_some_and(|t| now.duration_since(t) < ACTIVE_FOR)
+        {
             timeout = Some(timeout.map_or(ACTIVE_POLL, |t| t.min(ACTIVE_POLL)));
         }
         if daemon.dirty {
@@ -174,7 +176,12 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         match poll(&mut fds, poll_timeout) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => continue,
-            Err(source) => return Err(Error::System { what: "polling", source }),
+            Err(source) => {
+                return Err(Error::System {
+                    what: "polling",
+                    source,
+                })
+            }
         }
         let journal_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
         let signal_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
@@ -189,7 +196,12 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
                     _ => {}
                 },
                 Ok(None) => {}
-                Err(source) => return Err(Error::System { what: "reading signals", source }),
+                Err(source) => {
+                    return Err(Error::System {
+                        what: "reading signals",
+                        source,
+                    })
+                }
             }
         }
     }
@@ -197,7 +209,10 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.flush(&pipeline)?;
     daemon.save(&pipeline)?;
-    tracing::info!(message_id = log::STOPPED, "banjo stopped; bans stay in the kernel until they expire");
+    tracing::info!(
+        message_id = log::STOPPED,
+        "banjo stopped; bans stay in the kernel until they expire"
+    );
     Ok(())
 }
 
@@ -206,10 +221,16 @@ fn block_signals() -> Result<SignalFd, Error> {
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
-    set.thread_block()
-        .map_err(|source| Error::System { what: "blocking signals", source })?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|source| Error::System { what: "creating the signalfd", source })
+    set.thread_block().map_err(|source| Error::System {
+        what: "blocking signals",
+        source,
+    })?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(|source| {
+        Error::System {
+            what: "creating the signalfd",
+            source,
+        }
+    })
 }
 
 fn now_micros() -> Micros {
@@ -259,12 +280,12 @@ impl Pipeline {
                 Ok(Mode::Replay(pos))
             }
             None => {
-                self.journal.seek_time(now_micros().saturating_sub(lookback))?;
+                self.journal
+                    .seek_time(now_micros().saturating_sub(lookback))?;
                 Ok(Mode::Live)
             }
         }
     }
-
 }
 
 /// The jails an entry belongs to, from its journalmatch bitmask.
@@ -301,14 +322,14 @@ impl Daemon {
     /// the cursor at the end.
     fn drain(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<(), Error> {
         let mut any = false;
-        loop {
-            let Some(entry) = p.journal.next()? else { break };
+        while let Some(entry) = p.journal.next_entry()? {
             any = true;
             let time = entry.time;
             let jails = jails_for(&p.jails_of_match, entry.matched);
             self.hits.clear();
             if !jails.is_empty() {
-                p.filter.scan(&mut p.cache, entry.message, &jails, &mut self.hits);
+                p.filter
+                    .scan(&mut p.cache, entry.message, &jails, &mut self.hits);
             }
             let replaying = match mode {
                 Mode::Replay(pos) => {
@@ -330,7 +351,11 @@ impl Daemon {
             for hit in &hits {
                 match hit.outcome {
                     Outcome::Failure(ip) => {
-                        let failure = Failure { jail: hit.jail, ip, time };
+                        let failure = Failure {
+                            jail: hit.jail,
+                            ip,
+                            time,
+                        };
                         let verdict = p.tracker.observe(&failure);
                         if !replaying {
                             self.act(&p.config, &failure, verdict);
@@ -467,9 +492,11 @@ impl Daemon {
     /// replayed from findtime before the current position, so the new
     /// jails' counts start from what the journal already holds.
     fn reload(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<(), Error> {
-        let _ = sd_notify::notify(
-            &[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Reloading)],
-        );
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Reloading,
+            sd_notify::NotifyState::monotonic_usec_now()
+                .unwrap_or(sd_notify::NotifyState::Reloading),
+        ]);
         let result = Config::load(&self.config_path)
             .map_err(Error::from)
             .and_then(|config| {
@@ -483,17 +510,28 @@ impl Daemon {
                 let saved = self.state.position()?;
                 *mode = fresh.position(saved)?;
                 *p = fresh;
-                tracing::info!(message_id = log::RELOAD, "reloaded {}: {} jails", self.config_path.display(), p.config.jails.len());
+                tracing::info!(
+                    message_id = log::RELOAD,
+                    "reloaded {}: {} jails",
+                    self.config_path.display(),
+                    p.config.jails.len()
+                );
             }
             Err(e) => {
                 // Re-apply the old ruleset in case setup got half-way: one
                 // batch either committed fully or not at all, so this only
                 // matters if the new setup committed and the journal failed.
                 let _ = self.firewall.setup(&p.config.jails);
-                tracing::error!(message_id = log::RELOAD, "reload refused, keeping the running configuration: {e}");
+                tracing::error!(
+                    message_id = log::RELOAD,
+                    "reload refused, keeping the running configuration: {e}"
+                );
             }
         }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&self.status(p))]);
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&self.status(p)),
+        ]);
         Ok(())
     }
 }

@@ -148,7 +148,11 @@ impl Journal {
     /// Acknowledges a wakeup; rotation and new files (`Invalidate`) need
     /// nothing more than reading on.
     pub fn process(&mut self) -> Result<(), Error> {
-        match self.handle.process().map_err(step("processing journal events"))? {
+        match self
+            .handle
+            .process()
+            .map_err(step("processing journal events"))?
+        {
             JournalWaitResult::Nop | JournalWaitResult::Append | JournalWaitResult::Invalidate => {
                 Ok(())
             }
@@ -168,7 +172,9 @@ impl Journal {
     /// `seek_tail` alone, `next()` returns old entries when the matches
     /// hold a disjunction.
     pub fn seek_end(&mut self) -> Result<(), Error> {
-        self.handle.seek_tail().map_err(step("seeking the journal tail"))?;
+        self.handle
+            .seek_tail()
+            .map_err(step("seeking the journal tail"))?;
         self.handle
             .previous()
             .map_err(step("stepping back from the journal tail"))?;
@@ -177,7 +183,9 @@ impl Journal {
 
     /// The current entry's cursor.
     pub fn cursor(&self) -> Result<String, Error> {
-        self.handle.cursor().map_err(step("reading the journal cursor"))
+        self.handle
+            .cursor()
+            .map_err(step("reading the journal cursor"))
     }
 
     /// The current entry's `__REALTIME_TIMESTAMP`.
@@ -193,8 +201,13 @@ impl Journal {
     }
 
     /// Advances to the next entry; `None` at the end for now.
-    pub fn next(&mut self) -> Result<Option<Entry<'_>>, Error> {
-        if self.handle.next().map_err(step("reading the next journal entry"))? == 0 {
+    pub fn next_entry(&mut self) -> Result<Option<Entry<'_>>, Error> {
+        if self
+            .handle
+            .next()
+            .map_err(step("reading the next journal entry"))?
+            == 0
+        {
             return Ok(None);
         }
         let time = self

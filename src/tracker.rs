@@ -131,7 +131,9 @@ impl Tracker {
         let policies = &self.policies;
         self.failures.retain(|(jail, _), times| {
             let findtime = policies.get(jail.index()).map_or(0, |p| p.findtime);
-            times.last().is_some_and(|t| *t > now.saturating_sub(findtime))
+            times
+                .last()
+                .is_some_and(|t| *t > now.saturating_sub(findtime))
         });
         self.banned.retain(|_, until| *until > now);
     }
@@ -222,8 +224,14 @@ mod tests {
     #[test]
     fn bans_at_the_maxretry_th_failure_within_findtime() {
         let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])]);
-        assert_eq!(t.observe(&fail("192.0.2.1", 0)), Verdict::Counted { failures: 1 });
-        assert_eq!(t.observe(&fail("192.0.2.1", 10)), Verdict::Counted { failures: 2 });
+        assert_eq!(
+            t.observe(&fail("192.0.2.1", 0)),
+            Verdict::Counted { failures: 1 }
+        );
+        assert_eq!(
+            t.observe(&fail("192.0.2.1", 10)),
+            Verdict::Counted { failures: 2 }
+        );
         let Verdict::Ban(ban) = t.observe(&fail("192.0.2.1", 20)) else {
             panic!("third failure must ban")
         };
@@ -238,7 +246,10 @@ mod tests {
         t.observe(&fail("192.0.2.1", 0));
         t.observe(&fail("192.0.2.1", 50));
         // 0 has left the window at 61.
-        assert_eq!(t.observe(&fail("192.0.2.1", 61)), Verdict::Counted { failures: 2 });
+        assert_eq!(
+            t.observe(&fail("192.0.2.1", 61)),
+            Verdict::Counted { failures: 2 }
+        );
         assert!(matches!(t.observe(&fail("192.0.2.1", 70)), Verdict::Ban(_)));
     }
 
@@ -246,7 +257,10 @@ mod tests {
     fn addresses_and_jails_count_separately() {
         let mut t = Tracker::new(&[jail(2, 60, ten_min(), &[]), jail(2, 60, ten_min(), &[])]);
         t.observe(&fail("192.0.2.1", 0));
-        assert_eq!(t.observe(&fail("192.0.2.2", 1)), Verdict::Counted { failures: 1 });
+        assert_eq!(
+            t.observe(&fail("192.0.2.2", 1)),
+            Verdict::Counted { failures: 1 }
+        );
         let mut other = fail("192.0.2.1", 2);
         other.jail = JailId(1);
         assert_eq!(t.observe(&other), Verdict::Counted { failures: 1 });
@@ -259,7 +273,10 @@ mod tests {
         assert_eq!(t.observe(&fail("192.0.2.9", 0)), Verdict::IgnoredIp);
         assert_eq!(t.observe(&fail("2001:db8::5", 0)), Verdict::IgnoredIp);
         assert_eq!(t.observe(&fail("::ffff:192.0.2.9", 0)), Verdict::IgnoredIp);
-        assert!(matches!(t.observe(&fail("198.51.100.1", 0)), Verdict::Ban(_)));
+        assert!(matches!(
+            t.observe(&fail("198.51.100.1", 0)),
+            Verdict::Ban(_)
+        ));
         assert_eq!(t.tracked(), 0);
     }
 
@@ -276,7 +293,10 @@ mod tests {
         let mut t = Tracker::new(&[jail(1, 60, Bantime::Permanent, &[])]);
         assert!(matches!(t.observe(&fail("192.0.2.1", 0)), Verdict::Ban(_)));
         t.expire(Micros::MAX - 1);
-        assert_eq!(t.observe(&fail("192.0.2.1", 999_999)), Verdict::AlreadyBanned);
+        assert_eq!(
+            t.observe(&fail("192.0.2.1", 999_999)),
+            Verdict::AlreadyBanned
+        );
     }
 
     #[test]
@@ -284,7 +304,10 @@ mod tests {
         let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])]);
         t.observe(&fail("192.0.2.1", 100));
         t.observe(&fail("192.0.2.1", 30)); // older than the window of 100: 40..100
-        assert_eq!(t.observe(&fail("192.0.2.1", 101)), Verdict::Counted { failures: 2 });
+        assert_eq!(
+            t.observe(&fail("192.0.2.1", 101)),
+            Verdict::Counted { failures: 2 }
+        );
     }
 
     #[test]
@@ -294,7 +317,10 @@ mod tests {
         t.observe(&fail("192.0.2.2", 100));
         t.expire(1_700_000_000 * S + 120 * S);
         assert_eq!(t.tracked(), 1);
-        assert_eq!(t.currently_failed(JailId(0), 1_700_000_000 * S + 120 * S), 1);
+        assert_eq!(
+            t.currently_failed(JailId(0), 1_700_000_000 * S + 120 * S),
+            1
+        );
     }
 
     #[test]

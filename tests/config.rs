@@ -63,7 +63,10 @@ fn assert_one_line_error(text: &str, needle: &str, jail: &str, what: &str) {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let expected = format!("{path}:{}: jail {jail}: ", line_of(text, needle));
         let hit = lines.iter().filter(|l| l.contains(&expected)).count();
-        assert_eq!(hit, 1, "banjo {args:?}: want one line with {expected:?}, got {lines:?}");
+        assert_eq!(
+            hit, 1,
+            "banjo {args:?}: want one line with {expected:?}, got {lines:?}"
+        );
         assert!(
             stderr.contains(what),
             "banjo {args:?}: {stderr:?} should mention {what:?}"
@@ -96,7 +99,12 @@ fn good_config_checks_and_prints_resolved_jails() {
 #[test]
 fn unknown_key() {
     let text = broken("maxretry = 4", "maxretry = 4\nbantim = \"1h\"");
-    assert_one_line_error(&text, "bantim =", "postfix-flood-attack", "unknown field `bantim`");
+    assert_one_line_error(
+        &text,
+        "bantim =",
+        "postfix-flood-attack",
+        "unknown field `bantim`",
+    );
 }
 
 #[test]
@@ -117,7 +125,12 @@ fn broken_regex() {
 #[test]
 fn unknown_port_name() {
     let text = broken("port = \"smtp,submission\"", "port = \"smtp,submision\"");
-    assert_one_line_error(&text, "submision", "postfix", "unknown port name \"submision\"");
+    assert_one_line_error(
+        &text,
+        "submision",
+        "postfix",
+        "unknown port name \"submision\"",
+    );
 }
 
 #[test]
@@ -140,7 +153,12 @@ fn empty_failregex_list() {
         r"failregex = ['lost connection after AUTH from (.*)\[<HOST>\]']",
         "failregex = []",
     );
-    assert_one_line_error(&text, "failregex = []", "postfix-flood-attack", "at least one failregex");
+    assert_one_line_error(
+        &text,
+        "failregex = []",
+        "postfix-flood-attack",
+        "at least one failregex",
+    );
 }
 
 #[test]

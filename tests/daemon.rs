@@ -84,7 +84,10 @@ fn seed_replay_bans_exactly_the_addresses_over_maxretry() {
     }
     // 4, but never 4 within findtime (60 s): not banned.
     for i in 0..4 {
-        entries.push(Entry::smtpd(base + (100 + 70 * i) * S, &flood("203.0.113.12")));
+        entries.push(Entry::smtpd(
+            base + (100 + 70 * i) * S,
+            &flood("203.0.113.12"),
+        ));
     }
     // 4 from another unit: no jail reads it.
     for i in 0..4 {
@@ -94,10 +97,16 @@ fn seed_replay_bans_exactly_the_addresses_over_maxretry() {
     }
     // The tutorial's repeat sender: 3 non-FQDN HELO rejects, banned by postfix.
     for i in 0..3 {
-        entries.push(Entry::smtpd(base + (90 + i) * S, &helo_reject("185.191.228.36", i)));
+        entries.push(Entry::smtpd(
+            base + (90 + i) * S,
+            &helo_reject("185.191.228.36", i),
+        ));
     }
     for i in 0..2 {
-        entries.push(Entry::smtpd(base + (95 + i) * S, &helo_reject("198.51.100.20", i)));
+        entries.push(Entry::smtpd(
+            base + (95 + i) * S,
+            &helo_reject("198.51.100.20", i),
+        ));
     }
     entries.sort_by_key(|e| e.time);
     journal.write_file("seed", &entries);
@@ -132,12 +141,21 @@ fn seed_replay_bans_exactly_the_addresses_over_maxretry() {
     }
     for e in nft_elements(&ns, &table, "postfix_v4") {
         assert_eq!(e.timeout, Some(3600), "{e:?}");
-        assert!(e.expires.is_some_and(|x| (3590..=3600).contains(&x)), "{e:?}");
+        assert!(
+            e.expires.is_some_and(|x| (3590..=3600).contains(&x)),
+            "{e:?}"
+        );
     }
     let log = banjo.log().join("\n");
-    assert!(log.contains("[postfix-flood-attack] Ban 203.0.113.10"), "{log}");
+    assert!(
+        log.contains("[postfix-flood-attack] Ban 203.0.113.10"),
+        "{log}"
+    );
     assert!(log.contains("[postfix] Ban 185.191.228.36"), "{log}");
-    assert!(log.contains("[postfix-flood-attack] Found 114.232.141.99"), "{log}");
+    assert!(
+        log.contains("[postfix-flood-attack] Found 114.232.141.99"),
+        "{log}"
+    );
     assert!(banjo.stop().success());
 }
 
@@ -161,7 +179,10 @@ fn live_follow_bans_within_milliseconds_of_the_write() {
     let config = write_config(dir.path(), journal.path(), &table, LIVE_JAIL);
     // Start the live file before banjo so the first append is not also
     // the file's creation.
-    journal.append(&Entry::smtpd(now_micros(), "connect from unknown[198.51.100.1]"));
+    journal.append(&Entry::smtpd(
+        now_micros(),
+        "connect from unknown[198.51.100.1]",
+    ));
     let banjo = Banjo::start(&ns, &config);
     let watcher = SetWatcher::new(&ns, &table, "live");
 
@@ -209,7 +230,10 @@ fn sigkill_and_restart_keeps_bans_and_counts_exactly() {
     let dir = TempDir::new("restart");
     let table = unique("t");
     let config = write_config(dir.path(), journal.path(), &table, RESTART_JAIL);
-    journal.append(&Entry::smtpd(now_micros(), "connect from unknown[198.51.100.1]"));
+    journal.append(&Entry::smtpd(
+        now_micros(),
+        "connect from unknown[198.51.100.1]",
+    ));
     let mut banjo = Banjo::start(&ns, &config);
 
     for _ in 0..3 {
@@ -244,12 +268,19 @@ fn sigkill_and_restart_keeps_bans_and_counts_exactly() {
         before[0].expires.unwrap_or(0),
         after[0].expires.unwrap_or(0),
     );
-    assert!(a <= b && b - a <= 5, "expiry restarted? before {b}s, after {a}s");
+    assert!(
+        a <= b && b - a <= 5,
+        "expiry restarted? before {b}s, after {a}s"
+    );
 
     journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.21")));
     assert!(
-        eventually(Duration::from_secs(5), || banned_ips(&ns, &table, "restart")
-            == sorted(&["203.0.113.20", "203.0.113.21"])),
+        eventually(Duration::from_secs(5), || banned_ips(
+            &ns, &table, "restart"
+        ) == sorted(&[
+            "203.0.113.20",
+            "203.0.113.21"
+        ])),
         "{:?}\n{:?}",
         banned_ips(&ns, &table, "restart"),
         banjo.log()
@@ -285,10 +316,19 @@ fn the_kernel_lifts_the_ban_with_banjo_stopped() {
     let banned_at = Instant::now();
     assert!(banjo.stop().success());
     assert_eq!(banned_ips(&ns, &table, "short"), sorted(&["203.0.113.30"]));
-    assert!(eventually(Duration::from_secs(4), || banned_ips(&ns, &table, "short").is_empty()));
+    assert!(eventually(Duration::from_secs(4), || banned_ips(
+        &ns, &table, "short"
+    )
+    .is_empty()));
     let gone = banned_at.elapsed();
-    println!("kernel expiry: element gone {:.2} s after the ban (bantime 2 s)", gone.as_secs_f64());
-    assert!(gone >= Duration::from_millis(1500), "gone too early: {gone:?}");
+    println!(
+        "kernel expiry: element gone {:.2} s after the ban (bantime 2 s)",
+        gone.as_secs_f64()
+    );
+    assert!(
+        gone >= Duration::from_millis(1500),
+        "gone too early: {gone:?}"
+    );
 }
 
 #[test]
@@ -341,7 +381,18 @@ fn banned_address_is_refused_on_the_wire_until_expiry() {
     // interface, route or rule. Documentation addresses only.
     server.exec(
         "ip",
-        &["link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", &client.name],
+        &[
+            "link",
+            "add",
+            "v0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "v1",
+            "netns",
+            &client.name,
+        ],
     );
     server.exec("ip", &["addr", "add", "192.0.2.1/24", "dev", "v0"]);
     server.exec("ip", &["link", "set", "v0", "up"]);

@@ -5,6 +5,9 @@
 //! a network namespace the test creates; the host's firewall is never
 //! touched.
 
+// A test binary: a panic is the failure report, helpers need no docs.
+#![allow(clippy::unwrap_used, clippy::new_without_default, missing_docs)]
+
 mod util;
 
 mod config;

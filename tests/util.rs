@@ -366,7 +366,10 @@ impl Banjo {
                 }
             }
         }
-        panic!("banjo did not send {what} within {limit:?}: {:?}", self.log());
+        panic!(
+            "banjo did not send {what} within {limit:?}: {:?}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -482,17 +485,27 @@ impl Drop for Listener {
 /// Connects from `source` (an address of `ns`) to `dest`; the errno if refused.
 pub fn tcp_connect(ns: &Netns, source: &str, dest: &str) -> Result<(), nix::errno::Errno> {
     use nix::sys::socket::{
-        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
-        SockaddrIn,
+        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
     };
     let source: std::net::SocketAddrV4 = format!("{source}:0").parse().expect("source");
     let dest: std::net::SocketAddrV4 = dest.parse().expect("dest");
     ns.within(move || {
-        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
         let tv = nix::sys::time::TimeVal::new(2, 0);
         setsockopt(&fd, sockopt::SendTimeout, &tv)?;
-        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(source))?;
-        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(dest))?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::from(source),
+        )?;
+        connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::from(dest),
+        )?;
         Ok(())
     })
 }

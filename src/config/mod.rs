@@ -194,7 +194,13 @@ impl Resolver<'_> {
         Error::new(self.path, line, jail, kind)
     }
 
-    fn bad(&self, span: std::ops::Range<usize>, jail: &str, key: &'static str, reason: String) -> Error {
+    fn bad(
+        &self,
+        span: std::ops::Range<usize>,
+        jail: &str,
+        key: &'static str,
+        reason: String,
+    ) -> Error {
         self.err(Some(span), jail, ErrorKind::BadValue { key, reason })
     }
 
@@ -208,7 +214,11 @@ impl Resolver<'_> {
                 return None;
             }
             let inner = l.trim_start_matches('[').trim_end_matches(']').trim();
-            Some(inner.strip_prefix("jail.").map(|n| n.trim_matches('"').to_string()))
+            Some(
+                inner
+                    .strip_prefix("jail.")
+                    .map(|n| n.trim_matches('"').to_string()),
+            )
         })?
     }
 
@@ -253,7 +263,10 @@ impl Resolver<'_> {
                     t.span(),
                     "",
                     "table",
-                    format!("{:?} is not a valid table name (letters, digits, _ . -; at most 32)", t.get_ref()),
+                    format!(
+                        "{:?} is not a valid table name (letters, digits, _ . -; at most 32)",
+                        t.get_ref()
+                    ),
                 ))
             }
             None => "banjo".to_string(),
@@ -292,7 +305,10 @@ impl Resolver<'_> {
                 "",
                 ErrorKind::BadValue {
                     key: "jail",
-                    reason: format!("{} jails enabled, at most {MAX_JAILS} are supported", jails.len()),
+                    reason: format!(
+                        "{} jails enabled, at most {MAX_JAILS} are supported",
+                        jails.len()
+                    ),
                 },
             ));
         }
@@ -308,23 +324,25 @@ impl Resolver<'_> {
     }
 
     fn jail(&self, name: &str, jail: &RawJail, defaults: &RawJail) -> Result<Jail, Error> {
-        let builtin = match pick(&jail.filter, &defaults.filter) {
-            Some(f) => Some(
-                BUILTINS
-                    .iter()
-                    .find(|b| b.name == f.get_ref())
-                    .ok_or_else(|| {
+        let builtin =
+            match pick(&jail.filter, &defaults.filter) {
+                Some(f) => Some(BUILTINS.iter().find(|b| b.name == f.get_ref()).ok_or_else(
+                    || {
                         let known: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
                         self.bad(
                             f.span(),
                             name,
                             "filter",
-                            format!("unknown filter {:?} (built-in: {})", f.get_ref(), known.join(", ")),
+                            format!(
+                                "unknown filter {:?} (built-in: {})",
+                                f.get_ref(),
+                                known.join(", ")
+                            ),
                         )
-                    })?,
-            ),
-            None => None,
-        };
+                    },
+                )?),
+                None => None,
+            };
 
         // failregex: the filter's, then the jail's own (a jail may extend a filter).
         let mut failregex: Vec<String> = builtin
@@ -336,7 +354,9 @@ impl Resolver<'_> {
             failregex.extend(list.get_ref().iter().map(|s| s.get_ref().clone()));
         }
         if failregex.is_empty() {
-            let span = own_failregex.map(|l| l.span()).or_else(|| Some(self.jail_header(name)));
+            let span = own_failregex
+                .map(|l| l.span())
+                .or_else(|| Some(self.jail_header(name)));
             return Err(self.err(span, name, ErrorKind::NoFailregex));
         }
         let own_ignoreregex = pick(&jail.ignoreregex, &defaults.ignoreregex);
@@ -358,7 +378,14 @@ impl Resolver<'_> {
             Some(v) => u32::try_from(*v.get_ref())
                 .ok()
                 .filter(|n| *n >= 1)
-                .ok_or_else(|| self.bad(v.span(), name, "maxretry", format!("{} is not a count of at least 1", v.get_ref())))?,
+                .ok_or_else(|| {
+                    self.bad(
+                        v.span(),
+                        name,
+                        "maxretry",
+                        format!("{} is not a count of at least 1", v.get_ref()),
+                    )
+                })?,
             None => 5,
         };
         let findtime = match pick(&jail.findtime, &defaults.findtime) {
@@ -367,7 +394,14 @@ impl Resolver<'_> {
         };
         if findtime.is_zero() {
             let span = pick(&jail.findtime, &defaults.findtime).map(|v| v.span());
-            return Err(self.err(span, name, ErrorKind::BadValue { key: "findtime", reason: "must be longer than 0s".into() }));
+            return Err(self.err(
+                span,
+                name,
+                ErrorKind::BadValue {
+                    key: "findtime",
+                    reason: "must be longer than 0s".into(),
+                },
+            ));
         }
         let bantime = match pick(&jail.bantime, &defaults.bantime) {
             Some(v) => {
@@ -391,9 +425,9 @@ impl Resolver<'_> {
         let mut ignoreip = Vec::new();
         if let Some(v) = pick(&jail.ignoreip, &defaults.ignoreip) {
             for word in v.get_ref().words() {
-                let net: IpNet = word
-                    .parse()
-                    .map_err(|e: crate::net::ParseIpNetError| self.bad(v.span(), name, "ignoreip", e.to_string()))?;
+                let net: IpNet = word.parse().map_err(|e: crate::net::ParseIpNetError| {
+                    self.bad(v.span(), name, "ignoreip", e.to_string())
+                })?;
                 ignoreip.push(net);
             }
         }
@@ -403,22 +437,39 @@ impl Resolver<'_> {
                 "tcp" => Protocol::Tcp,
                 "udp" => Protocol::Udp,
                 other => {
-                    return Err(self.bad(p.span(), name, "protocol", format!("{other:?} is not tcp or udp")))
+                    return Err(self.bad(
+                        p.span(),
+                        name,
+                        "protocol",
+                        format!("{other:?} is not tcp or udp"),
+                    ))
                 }
             },
             None => Protocol::Tcp,
         };
 
-        let allports = pick(&jail.allports, &defaults.allports).map(|v| *v.get_ref()).unwrap_or(false);
+        let allports = pick(&jail.allports, &defaults.allports)
+            .map(|v| *v.get_ref())
+            .unwrap_or(false);
         let ports = match (allports, pick(&jail.port, &defaults.port)) {
             (true, Some(p)) if jail.port.is_some() && jail.allports.is_some() => {
-                return Err(self.bad(p.span(), name, "port", "set either port or allports = true, not both".into()))
+                return Err(self.bad(
+                    p.span(),
+                    name,
+                    "port",
+                    "set either port or allports = true, not both".into(),
+                ))
             }
             (true, _) => Ports::All,
             (false, Some(p)) => {
                 let words = p.get_ref().words();
                 if words.is_empty() {
-                    return Err(self.bad(p.span(), name, "port", "empty port list (use allports = true to block every port)".into()));
+                    return Err(self.bad(
+                        p.span(),
+                        name,
+                        "port",
+                        "empty port list (use allports = true to block every port)".into(),
+                    ));
                 }
                 let mut ranges = Vec::new();
                 for w in words {
@@ -502,7 +553,12 @@ impl Resolver<'_> {
         at..at
     }
 
-    fn duration(&self, jail: &str, key: &'static str, v: &Spanned<DurationValue>) -> Result<Duration, Error> {
+    fn duration(
+        &self,
+        jail: &str,
+        key: &'static str,
+        v: &Spanned<DurationValue>,
+    ) -> Result<Duration, Error> {
         let parsed = match v.get_ref() {
             DurationValue::Seconds(n) => u64::try_from(*n).ok().map(Duration::from_secs),
             DurationValue::Text(t) => parse_duration(t),
@@ -512,11 +568,20 @@ impl Resolver<'_> {
                 DurationValue::Seconds(n) => n.to_string(),
                 DurationValue::Text(t) => format!("{t:?}"),
             };
-            self.bad(v.span(), jail, key, format!("{shown} is not a duration (e.g. 600, 10m, 1h, 12h, 1d, 1w)"))
+            self.bad(
+                v.span(),
+                jail,
+                key,
+                format!("{shown} is not a duration (e.g. 600, 10m, 1h, 12h, 1d, 1w)"),
+            )
         })
     }
 
-    fn journalmatch(&self, jail: &str, list: &Spanned<Vec<Spanned<String>>>) -> Result<JournalMatch, Error> {
+    fn journalmatch(
+        &self,
+        jail: &str,
+        list: &Spanned<Vec<Spanned<String>>>,
+    ) -> Result<JournalMatch, Error> {
         if list.get_ref().is_empty() {
             return Err(self.bad(list.span(), jail, "journalmatch", "empty list".into()));
         }
@@ -532,7 +597,9 @@ impl Resolver<'_> {
 /// Parses journalmatch terms: `FIELD=value` words, with `+` between groups
 /// as fail2ban and journalctl write it. A single string may hold several
 /// space-separated terms.
-pub fn parse_journalmatch<'a>(terms: impl Iterator<Item = &'a str>) -> Result<JournalMatch, String> {
+pub fn parse_journalmatch<'a>(
+    terms: impl Iterator<Item = &'a str>,
+) -> Result<JournalMatch, String> {
     let mut groups = vec![Vec::new()];
     for word in terms.flat_map(str::split_whitespace) {
         if word == "+" {
@@ -588,7 +655,12 @@ fn absolute_path(
 ) -> Result<PathBuf, Error> {
     match value {
         Some(v) if Path::new(v.get_ref()).is_absolute() => Ok(PathBuf::from(v.get_ref())),
-        Some(v) => Err(r.bad(v.span(), "", key, format!("{:?} is not an absolute path", v.get_ref()))),
+        Some(v) => Err(r.bad(
+            v.span(),
+            "",
+            key,
+            format!("{:?} is not an absolute path", v.get_ref()),
+        )),
         None => Ok(PathBuf::from(default)),
     }
 }

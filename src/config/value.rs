@@ -172,13 +172,44 @@ mod tests {
 
     #[test]
     fn ports() {
-        let s = Services::parse("smtp 25/tcp mail\nsieve\t4190/tcp # managesieve\nsyslog 514/udp\n");
+        let s =
+            Services::parse("smtp 25/tcp mail\nsieve\t4190/tcp # managesieve\nsyslog 514/udp\n");
         let r = |w| s.range(w, Protocol::Tcp);
-        assert_eq!(r("smtp"), Ok(PortRange { first: 25, last: 25 }));
-        assert_eq!(r("mail"), Ok(PortRange { first: 25, last: 25 }));
-        assert_eq!(r("sieve"), Ok(PortRange { first: 4190, last: 4190 }));
-        assert_eq!(r("6000:6010"), Ok(PortRange { first: 6000, last: 6010 }));
-        assert_eq!(r("6000-6010"), Ok(PortRange { first: 6000, last: 6010 }));
+        assert_eq!(
+            r("smtp"),
+            Ok(PortRange {
+                first: 25,
+                last: 25
+            })
+        );
+        assert_eq!(
+            r("mail"),
+            Ok(PortRange {
+                first: 25,
+                last: 25
+            })
+        );
+        assert_eq!(
+            r("sieve"),
+            Ok(PortRange {
+                first: 4190,
+                last: 4190
+            })
+        );
+        assert_eq!(
+            r("6000:6010"),
+            Ok(PortRange {
+                first: 6000,
+                last: 6010
+            })
+        );
+        assert_eq!(
+            r("6000-6010"),
+            Ok(PortRange {
+                first: 6000,
+                last: 6010
+            })
+        );
         assert!(r("syslog").is_err(), "udp-only name is not a tcp port");
         assert!(r("smpt").unwrap_err().contains("unknown port name"));
         assert!(r("70000").is_err());
