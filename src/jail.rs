@@ -41,6 +41,25 @@ impl fmt::Display for Bantime {
     }
 }
 
+/// `bantime_increment`: longer bans for repeat offenders, with fail2ban's
+/// semantics. The n-th ban of an address (n = previous bans + 1) lasts
+/// `bantime × m × factor`, where m is `multipliers[min(n-1, len-1)]` when
+/// multipliers are given and `2^min(n-1, 20)` otherwise; plus a random
+/// `0..rndtime`; at most `maxtime`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Increment {
+    /// `bantime_factor`: common multiplier (default 1).
+    pub factor: f64,
+    /// `bantime_multipliers`: per-count multipliers; empty means doubling.
+    pub multipliers: Vec<f64>,
+    /// `bantime_maxtime`: upper bound of a ban.
+    pub maxtime: Option<Duration>,
+    /// `bantime_rndtime`: random extra time, so botnets cannot predict the unban.
+    pub rndtime: Option<Duration>,
+    /// `bantime_overalljails`: count previous bans of the address in every jail.
+    pub overalljails: bool,
+}
+
 /// An inclusive port range; a single port has `first == last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRange {
@@ -151,6 +170,8 @@ pub struct Jail {
     pub findtime: Duration,
     /// How long a ban lasts.
     pub bantime: Bantime,
+    /// Escalation for repeat offenders (`bantime_increment = true`).
+    pub increment: Option<Increment>,
     /// Addresses never counted nor banned.
     pub ignoreip: Vec<IpNet>,
     /// Destination ports the ban blocks.

@@ -29,8 +29,11 @@ pub struct Ban {
     pub jail: JailId,
     /// The banned address.
     pub ip: IpAddr,
-    /// The kernel timeout the element gets.
+    /// The kernel timeout the element gets (escalation applied).
     pub bantime: Bantime,
     /// Time of the failure that crossed `maxretry` (journal clock).
     pub time: Micros,
+    /// Which ban of this address this is (1 for the first), as counted
+    /// for escalation.
+    pub count: u32,
 }
