@@ -43,6 +43,8 @@ fn jail(k: usize) -> Jail {
         },
         failregex,
         ignoreregex,
+        input: Default::default(),
+        increment: None,
         maxretry: 5,
         findtime: Duration::from_secs(600),
         bantime: Bantime::For(Duration::from_secs(3600)),

@@ -244,7 +244,7 @@ impl Pipeline {
     fn build(config: Config) -> Result<Pipeline, Error> {
         let filter = Filter::new(&config.jails)?;
         let cache = filter.cache();
-        let tracker = Tracker::new(&config.jails);
+        let tracker = Tracker::new(&config.jails, seed());
         let mut matches: Vec<JournalMatch> = Vec::new();
         let mut jails_of_match: Vec<JailSet> = Vec::new();
         for (i, jail) in config.jails.iter().enumerate() {
@@ -534,4 +534,12 @@ impl Daemon {
         ]);
         Ok(())
     }
+}
+
+/// A random key for the tracker's rndtime jitter.
+fn seed() -> u64 {
+    let mut buf = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    u64::from_ne_bytes(buf) ^ now_micros()
 }

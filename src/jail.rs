@@ -153,6 +153,18 @@ impl fmt::Display for JournalMatch {
     }
 }
 
+/// What a jail's failregexes are matched against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FilterInput {
+    /// banjo's own filters: the bare journal MESSAGE, failregexes anchored
+    /// at its start.
+    #[default]
+    Message,
+    /// fail2ban filters: the line fail2ban's systemd backend builds,
+    /// `HOSTNAME IDENT[PID]: MESSAGE`, searched as fail2ban searches it.
+    Fail2banLine,
+}
+
 /// A validated jail.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Jail {
@@ -164,6 +176,8 @@ pub struct Jail {
     pub failregex: Vec<String>,
     /// Regexes that veto a failregex hit on the same line.
     pub ignoreregex: Vec<String>,
+    /// What the regexes are matched against.
+    pub input: FilterInput,
     /// Failures within `findtime` that trigger a ban.
     pub maxretry: u32,
     /// The window in which failures are counted.

@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fail2ban;
 pub mod filter;
 pub mod firewall;
 pub mod jail;

@@ -12,13 +12,18 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::jail::{Bantime, Jail, JailId};
+use crate::jail::{Bantime, Increment, Jail, JailId};
 use crate::net::IpNet;
 use crate::ticket::{Ban, Failure, Micros};
 
 /// Above this many tracked addresses, the oldest tenth is forgotten: the
-/// memory bound under a flood of one-shot addresses.
+/// memory bound under a flood of one-shot addresses. The ban history has
+/// the same bound.
 pub const MAX_TRACKED: usize = 1_000_000;
+
+/// How long an address's ban history outlives its last ban, unless the
+/// jail's `bantime_maxtime` is longer: the decay of escalation.
+pub const HISTORY_KEEP: Micros = 7 * 86_400 * 1_000_000;
 
 /// What the tracker made of one failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,31 +41,57 @@ pub enum Verdict {
     Ban(Ban),
 }
 
+/// An active ban as the tracker remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveBan {
+    /// When it ends (`Micros::MAX`: permanent).
+    pub until: Micros,
+    /// Its full length.
+    pub bantime: Bantime,
+}
+
+/// How often, and when last, an address was banned in a jail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct History {
+    /// Bans so far.
+    pub count: u32,
+    /// When the last one started.
+    pub last: Micros,
+}
+
 struct Policy {
     maxretry: u32,
     findtime: Micros,
     bantime: Bantime,
+    increment: Option<Increment>,
     ignoreip: Vec<IpNet>,
 }
 
-/// Failure counts and ban suppression for every jail.
+/// Failure counts, active bans and ban history for every jail.
 pub struct Tracker {
     policies: Vec<Policy>,
     /// Timestamps of the most recent failures (at most maxretry), ascending.
     failures: HashMap<(JailId, IpAddr), Vec<Micros>>,
-    /// Until when each address is banned (`Micros::MAX`: permanent).
-    banned: HashMap<(JailId, IpAddr), Micros>,
+    /// Active bans: suppress counting while banned, and what `state`
+    /// restores after a reboot.
+    banned: HashMap<(JailId, IpAddr), ActiveBan>,
+    history: HashMap<(JailId, IpAddr), History>,
+    /// Key for the `bantime_rndtime` jitter, so the unban time cannot be
+    /// predicted from the address.
+    seed: u64,
 }
 
 impl Tracker {
-    /// A tracker for `jails` (`jails[i]` is `JailId(i)`).
-    pub fn new(jails: &[Jail]) -> Tracker {
+    /// A tracker for `jails` (`jails[i]` is `JailId(i)`); `seed` keys the
+    /// rndtime jitter.
+    pub fn new(jails: &[Jail], seed: u64) -> Tracker {
         let policies = jails
             .iter()
             .map(|j| Policy {
                 maxretry: j.maxretry.max(1),
                 findtime: micros(j.findtime),
                 bantime: j.bantime,
+                increment: j.increment.clone(),
                 ignoreip: j.ignoreip.clone(),
             })
             .collect();
@@ -68,7 +99,16 @@ impl Tracker {
             policies,
             failures: HashMap::new(),
             banned: HashMap::new(),
+            history: HashMap::new(),
+            seed,
         }
+    }
+
+    /// Whether `ip` is in the jail's ignoreip.
+    pub fn is_ignored(&self, jail: JailId, ip: IpAddr) -> bool {
+        self.policies
+            .get(jail.index())
+            .is_some_and(|p| p.ignoreip.iter().any(|net| net.contains(ip)))
     }
 
     /// Counts one failure; returns the ban when it is the maxretry-th
@@ -81,17 +121,16 @@ impl Tracker {
         if policy.ignoreip.iter().any(|net| net.contains(ip)) {
             return Verdict::IgnoredIp;
         }
-        let (maxretry, findtime, bantime) =
-            (policy.maxretry as usize, policy.findtime, policy.bantime);
+        let (maxretry, findtime) = (policy.maxretry as usize, policy.findtime);
         let key = (failure.jail, ip);
-        if let Some(&until) = self.banned.get(&key) {
-            if failure.time < until {
+        if let Some(ban) = self.banned.get(&key) {
+            if failure.time < ban.until {
                 return Verdict::AlreadyBanned;
             }
             self.banned.remove(&key);
         }
         if self.failures.len() >= MAX_TRACKED && !self.failures.contains_key(&key) {
-            self.evict_oldest();
+            evict_oldest(&mut self.failures, |t| t.last().copied());
         }
         let window_start = failure.time.saturating_sub(findtime);
         let times = self.failures.entry(key).or_default();
@@ -111,22 +150,70 @@ impl Tracker {
             };
         }
         self.failures.remove(&key);
-        let until = match bantime {
-            Bantime::For(d) => failure.time.saturating_add(micros(d)),
-            Bantime::Permanent => Micros::MAX,
-        };
-        self.banned.insert(key, until);
-        Verdict::Ban(Ban {
-            jail: failure.jail,
-            ip,
-            bantime,
-            time: failure.time,
-        })
+        Verdict::Ban(self.ban(failure.jail, ip, failure.time, None))
     }
 
-    /// Forgets failures older than their jail's findtime and bans that have
-    /// ended, as of `now`. Call it now and then (the daemon does once a
-    /// minute); correctness never depends on it, only memory.
+    /// Records a ban decided outside the failure count (`banjo ban`):
+    /// `bantime` overrides the jail's (no escalation), `None` uses the
+    /// jail's with escalation.
+    pub fn ban(&mut self, jail: JailId, ip: IpAddr, time: Micros, bantime: Option<Bantime>) -> Ban {
+        let ip = ip.to_canonical();
+        let previous = self.previous_bans(jail, ip);
+        let bantime = match (bantime, self.policies.get(jail.index())) {
+            (Some(b), _) => b,
+            (None, Some(p)) => escalate(
+                p.bantime,
+                p.increment.as_ref(),
+                previous,
+                self.seed ^ hash_ip(ip),
+            ),
+            (None, None) => Bantime::Permanent,
+        };
+        let until = match bantime {
+            Bantime::For(d) => time.saturating_add(micros(d)),
+            Bantime::Permanent => Micros::MAX,
+        };
+        self.failures.remove(&(jail, ip));
+        self.banned.insert((jail, ip), ActiveBan { until, bantime });
+        if self.history.len() >= MAX_TRACKED && !self.history.contains_key(&(jail, ip)) {
+            evict_oldest(&mut self.history, |h| Some(h.last));
+        }
+        let entry = self.history.entry((jail, ip)).or_insert(History {
+            count: 0,
+            last: time,
+        });
+        entry.count = entry.count.saturating_add(1);
+        entry.last = time;
+        Ban {
+            jail,
+            ip,
+            bantime,
+            time,
+            count: previous.saturating_add(1),
+        }
+    }
+
+    /// Previous bans of `ip` that count for `jail`'s escalation.
+    fn previous_bans(&self, jail: JailId, ip: IpAddr) -> u32 {
+        let overall = self
+            .policies
+            .get(jail.index())
+            .and_then(|p| p.increment.as_ref())
+            .is_some_and(|i| i.overalljails);
+        if overall {
+            self.history
+                .iter()
+                .filter(|((_, a), _)| *a == ip)
+                .map(|(_, h)| h.count)
+                .sum()
+        } else {
+            self.history.get(&(jail, ip)).map_or(0, |h| h.count)
+        }
+    }
+
+    /// Forgets failures older than their jail's findtime, bans that have
+    /// ended and history that has decayed, as of `now`. Call it now and
+    /// then; correctness never depends on it, only memory.
     pub fn expire(&mut self, now: Micros) {
         let policies = &self.policies;
         self.failures.retain(|(jail, _), times| {
@@ -135,12 +222,56 @@ impl Tracker {
                 .last()
                 .is_some_and(|t| *t > now.saturating_sub(findtime))
         });
-        self.banned.retain(|_, until| *until > now);
+        self.banned.retain(|_, ban| ban.until > now);
+        self.history.retain(|(jail, _), h| {
+            let keep = policies
+                .get(jail.index())
+                .and_then(|p| p.increment.as_ref())
+                .and_then(|i| i.maxtime)
+                .map_or(HISTORY_KEEP, |m| micros(m).max(HISTORY_KEEP));
+            h.last.saturating_add(keep) > now
+        });
     }
 
     /// Forgets a ban (a manual unban), so the address is counted afresh.
-    pub fn forget_ban(&mut self, jail: JailId, ip: IpAddr) {
-        self.banned.remove(&(jail, ip.to_canonical()));
+    pub fn forget_ban(&mut self, jail: JailId, ip: IpAddr) -> bool {
+        self.banned.remove(&(jail, ip.to_canonical())).is_some()
+    }
+
+    /// The active ban of `ip` in `jail`, if any.
+    pub fn active_ban(&self, jail: JailId, ip: IpAddr) -> Option<ActiveBan> {
+        self.banned.get(&(jail, ip.to_canonical())).copied()
+    }
+
+    /// Every active ban (for the state file and reconciliation).
+    pub fn active_bans(&self) -> impl Iterator<Item = (JailId, IpAddr, ActiveBan)> + '_ {
+        self.banned.iter().map(|((j, ip), b)| (*j, *ip, *b))
+    }
+
+    /// Every history record (for the state file).
+    pub fn histories(&self) -> impl Iterator<Item = (JailId, IpAddr, History)> + '_ {
+        self.history.iter().map(|((j, ip), h)| (*j, *ip, *h))
+    }
+
+    /// Restores an active ban from the state file.
+    pub fn restore_ban(&mut self, jail: JailId, ip: IpAddr, ban: ActiveBan) {
+        if jail.index() < self.policies.len() {
+            self.banned.insert((jail, ip.to_canonical()), ban);
+        }
+    }
+
+    /// Restores a history record from the state file.
+    pub fn restore_history(&mut self, jail: JailId, ip: IpAddr, history: History) {
+        if jail.index() < self.policies.len() {
+            self.history.insert((jail, ip.to_canonical()), history);
+        }
+    }
+
+    /// Bans recorded for `ip` in `jail` (0 if none).
+    pub fn ban_count(&self, jail: JailId, ip: IpAddr) -> u32 {
+        self.history
+            .get(&(jail, ip.to_canonical()))
+            .map_or(0, |h| h.count)
     }
 
     /// Failures inside findtime per jail, as of `now`: fail2ban's
@@ -164,22 +295,55 @@ impl Tracker {
     pub fn tracked(&self) -> usize {
         self.failures.len()
     }
+}
 
-    fn evict_oldest(&mut self) {
-        let mut newest: Vec<Micros> = self
-            .failures
-            .values()
-            .filter_map(|t| t.last().copied())
-            .collect();
-        let cut = newest.len() / 10;
-        if cut == 0 {
-            return;
-        }
-        let (_, nth, _) = newest.select_nth_unstable(cut);
-        let threshold = *nth;
-        self.failures
-            .retain(|_, times| times.last().is_some_and(|t| *t > threshold));
+/// The bantime of an address's ban number `previous + 1`.
+fn escalate(base: Bantime, increment: Option<&Increment>, previous: u32, noise: u64) -> Bantime {
+    let (Bantime::For(base), Some(inc)) = (base, increment) else {
+        return base;
+    };
+    let multiplier = if inc.multipliers.is_empty() {
+        f64::from(1u32 << previous.min(20))
+    } else {
+        let i = (previous as usize).min(inc.multipliers.len() - 1);
+        inc.multipliers[i]
+    };
+    let mut secs = base.as_secs_f64() * multiplier * inc.factor;
+    if let Some(rnd) = inc.rndtime {
+        // splitmix64 of the keyed address: uniform in 0..rndtime.
+        let mut z = noise.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        secs += rnd.as_secs_f64() * (z as f64 / u64::MAX as f64);
     }
+    let mut d = std::time::Duration::try_from_secs_f64(secs).unwrap_or(std::time::Duration::MAX);
+    if let Some(max) = inc.maxtime {
+        d = d.min(max);
+    }
+    Bantime::For(d.max(std::time::Duration::from_secs(1)))
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut h);
+    h.finish()
+}
+
+/// Drops the oldest tenth of `map` by the time `key` gives each value.
+fn evict_oldest<K, V>(map: &mut HashMap<K, V>, key: impl Fn(&V) -> Option<Micros>)
+where
+    K: std::hash::Hash + Eq,
+{
+    let mut times: Vec<Micros> = map.values().filter_map(&key).collect();
+    let cut = times.len() / 10;
+    if cut == 0 {
+        return;
+    }
+    let (_, nth, _) = times.select_nth_unstable(cut);
+    let threshold = *nth;
+    map.retain(|_, v| key(v).is_some_and(|t| t > threshold));
 }
 
 fn micros(d: std::time::Duration) -> Micros {
@@ -200,6 +364,8 @@ mod tests {
             journalmatch: JournalMatch { groups: vec![] },
             failregex: vec![],
             ignoreregex: vec![],
+            input: Default::default(),
+            increment: None,
             maxretry,
             findtime: Duration::from_secs(findtime),
             bantime,
@@ -223,7 +389,7 @@ mod tests {
 
     #[test]
     fn bans_at_the_maxretry_th_failure_within_findtime() {
-        let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])]);
+        let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])], 7);
         assert_eq!(
             t.observe(&fail("192.0.2.1", 0)),
             Verdict::Counted { failures: 1 }
@@ -242,7 +408,7 @@ mod tests {
 
     #[test]
     fn failures_outside_findtime_do_not_count() {
-        let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])]);
+        let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])], 7);
         t.observe(&fail("192.0.2.1", 0));
         t.observe(&fail("192.0.2.1", 50));
         // 0 has left the window at 61.
@@ -255,7 +421,10 @@ mod tests {
 
     #[test]
     fn addresses_and_jails_count_separately() {
-        let mut t = Tracker::new(&[jail(2, 60, ten_min(), &[]), jail(2, 60, ten_min(), &[])]);
+        let mut t = Tracker::new(
+            &[jail(2, 60, ten_min(), &[]), jail(2, 60, ten_min(), &[])],
+            7,
+        );
         t.observe(&fail("192.0.2.1", 0));
         assert_eq!(
             t.observe(&fail("192.0.2.2", 1)),
@@ -269,7 +438,10 @@ mod tests {
 
     #[test]
     fn ignoreip_is_checked_before_counting() {
-        let mut t = Tracker::new(&[jail(1, 60, ten_min(), &["192.0.2.0/24", "2001:db8::/32"])]);
+        let mut t = Tracker::new(
+            &[jail(1, 60, ten_min(), &["192.0.2.0/24", "2001:db8::/32"])],
+            7,
+        );
         assert_eq!(t.observe(&fail("192.0.2.9", 0)), Verdict::IgnoredIp);
         assert_eq!(t.observe(&fail("2001:db8::5", 0)), Verdict::IgnoredIp);
         assert_eq!(t.observe(&fail("::ffff:192.0.2.9", 0)), Verdict::IgnoredIp);
@@ -282,7 +454,7 @@ mod tests {
 
     #[test]
     fn counts_again_after_the_ban_ends() {
-        let mut t = Tracker::new(&[jail(1, 60, Bantime::For(Duration::from_secs(5)), &[])]);
+        let mut t = Tracker::new(&[jail(1, 60, Bantime::For(Duration::from_secs(5)), &[])], 7);
         assert!(matches!(t.observe(&fail("192.0.2.1", 0)), Verdict::Ban(_)));
         assert_eq!(t.observe(&fail("192.0.2.1", 4)), Verdict::AlreadyBanned);
         assert!(matches!(t.observe(&fail("192.0.2.1", 5)), Verdict::Ban(_)));
@@ -290,7 +462,7 @@ mod tests {
 
     #[test]
     fn permanent_bans_never_end() {
-        let mut t = Tracker::new(&[jail(1, 60, Bantime::Permanent, &[])]);
+        let mut t = Tracker::new(&[jail(1, 60, Bantime::Permanent, &[])], 7);
         assert!(matches!(t.observe(&fail("192.0.2.1", 0)), Verdict::Ban(_)));
         t.expire(Micros::MAX - 1);
         assert_eq!(
@@ -301,7 +473,7 @@ mod tests {
 
     #[test]
     fn out_of_order_failures_are_counted_by_their_time() {
-        let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])]);
+        let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])], 7);
         t.observe(&fail("192.0.2.1", 100));
         t.observe(&fail("192.0.2.1", 30)); // older than the window of 100: 40..100
         assert_eq!(
@@ -312,7 +484,7 @@ mod tests {
 
     #[test]
     fn expire_forgets_stale_addresses() {
-        let mut t = Tracker::new(&[jail(5, 60, ten_min(), &[])]);
+        let mut t = Tracker::new(&[jail(5, 60, ten_min(), &[])], 7);
         t.observe(&fail("192.0.2.1", 0));
         t.observe(&fail("192.0.2.2", 100));
         t.expire(1_700_000_000 * S + 120 * S);
@@ -327,11 +499,104 @@ mod tests {
     fn memory_per_address_is_bounded_by_maxretry() {
         // Out-of-window history is trimmed as failures arrive: an address
         // failing slowly forever keeps at most maxretry timestamps.
-        let mut t = Tracker::new(&[jail(3, 10, ten_min(), &[])]);
+        let mut t = Tracker::new(&[jail(3, 10, ten_min(), &[])], 7);
         for i in 0..1000 {
             t.observe(&fail("192.0.2.1", i * 20));
         }
         assert!(t.failures.values().all(|v| v.len() <= 3));
         assert_eq!(t.tracked(), 1);
+    }
+
+    fn with_increment(mut j: Jail, inc: Increment) -> Jail {
+        j.increment = Some(inc);
+        j
+    }
+
+    fn inc(multipliers: &[f64], factor: f64, maxtime: Option<u64>) -> Increment {
+        Increment {
+            factor,
+            multipliers: multipliers.to_vec(),
+            maxtime: maxtime.map(Duration::from_secs),
+            rndtime: None,
+            overalljails: false,
+        }
+    }
+
+    fn ban_secs(v: Verdict) -> u64 {
+        match v {
+            Verdict::Ban(Ban {
+                bantime: Bantime::For(d),
+                ..
+            }) => d.as_secs(),
+            other => panic!("expected a ban, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn escalation_doubles_by_default_and_caps_at_maxtime() {
+        let j = with_increment(jail(1, 60, ten_min(), &[]), inc(&[], 1.0, Some(1800)));
+        let mut t = Tracker::new(&[j], 7);
+        // 600, 1200, then 2400 capped to 1800.
+        assert_eq!(ban_secs(t.observe(&fail("192.0.2.1", 0))), 600);
+        assert_eq!(ban_secs(t.observe(&fail("192.0.2.1", 700))), 1200);
+        assert_eq!(ban_secs(t.observe(&fail("192.0.2.1", 2000))), 1800);
+        // Another address starts from the beginning.
+        assert_eq!(ban_secs(t.observe(&fail("192.0.2.2", 2000))), 600);
+    }
+
+    #[test]
+    fn escalation_multipliers_and_factor() {
+        let j = with_increment(
+            jail(1, 60, ten_min(), &[]),
+            inc(&[1.0, 3.0, 5.0], 2.0, None),
+        );
+        let mut t = Tracker::new(&[j], 7);
+        let mut at = 0;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let secs = ban_secs(t.observe(&fail("192.0.2.1", at)));
+            got.push(secs);
+            at += secs + 1;
+        }
+        // The last multiplier repeats.
+        assert_eq!(got, vec![1200, 3600, 6000, 6000]);
+    }
+
+    #[test]
+    fn overalljails_counts_bans_of_every_jail() {
+        let mut overall = inc(&[], 1.0, None);
+        overall.overalljails = true;
+        let a = jail(1, 60, ten_min(), &[]);
+        let b = with_increment(jail(1, 60, ten_min(), &[]), overall);
+        let mut t = Tracker::new(&[a, b], 7);
+        t.observe(&fail("192.0.2.1", 0));
+        let mut in_b = fail("192.0.2.1", 1);
+        in_b.jail = JailId(1);
+        // One earlier ban in jail 0: jail 1's first ban is already doubled.
+        assert_eq!(ban_secs(t.observe(&in_b)), 1200);
+    }
+
+    #[test]
+    fn rndtime_adds_bounded_jitter() {
+        let mut i = inc(&[], 1.0, None);
+        i.rndtime = Some(Duration::from_secs(100));
+        let j = with_increment(jail(1, 60, ten_min(), &[]), i);
+        let mut t = Tracker::new(&[j], 7);
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..50 {
+            let secs = ban_secs(t.observe(&fail(&format!("192.0.2.{n}"), 0)));
+            assert!((600..=700).contains(&secs), "{secs}");
+            seen.insert(secs);
+        }
+        assert!(seen.len() > 10, "jitter should vary: {seen:?}");
+    }
+
+    #[test]
+    fn history_decays() {
+        let j = with_increment(jail(1, 60, ten_min(), &[]), inc(&[], 1.0, None));
+        let mut t = Tracker::new(&[j], 7);
+        t.observe(&fail("192.0.2.1", 0));
+        t.expire(fail("192.0.2.1", 0).time + HISTORY_KEEP + 1);
+        assert_eq!(t.ban_count(JailId(0), "192.0.2.1".parse().unwrap()), 0);
     }
 }

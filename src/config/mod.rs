@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::jail::{Jail, JournalMatch, MatchTerm, Ports, Protocol, MAX_JAILS};
+use crate::jail::{
+    FilterInput, Increment, Jail, JournalMatch, MatchTerm, Ports, Protocol, MAX_JAILS,
+};
 use crate::journal::Source;
 use crate::net::IpNet;
 use raw::{DurationValue, RawConfig, RawJail};
@@ -44,6 +46,9 @@ pub struct Config {
     pub journal: Source,
     /// Name of banjo's `inet` nftables table.
     pub table: String,
+    /// Where `filter = "NAME"` looks for fail2ban filters banjo does not
+    /// have built in.
+    pub fail2ban_filter_dir: PathBuf,
     /// The enabled jails; `jails[i]` is `JailId(i)`.
     pub jails: Vec<Jail>,
     /// Names of jails present but disabled, for `banjo config check`.
@@ -272,6 +277,12 @@ impl Resolver<'_> {
             None => "banjo".to_string(),
         };
 
+        let fail2ban_filter_dir = absolute_path(
+            self,
+            &raw.fail2ban.and_then(|f| f.filter_dir),
+            "filter_dir",
+            "/etc/fail2ban/filter.d",
+        )?;
         let defaults = raw.defaults.unwrap_or_default();
         let mut jails = Vec::new();
         let mut disabled = Vec::new();
@@ -292,7 +303,7 @@ impl Resolver<'_> {
                 .unwrap_or(true);
             // Validate disabled jails too: a typo should not wait until the
             // day someone enables the jail.
-            let resolved = self.jail(n, jail, &defaults)?;
+            let resolved = self.jail(n, jail, &defaults, &fail2ban_filter_dir)?;
             if enabled {
                 jails.push(resolved);
             } else {
@@ -318,35 +329,28 @@ impl Resolver<'_> {
             socket,
             journal,
             table,
+            fail2ban_filter_dir,
             jails,
             disabled,
         })
     }
 
-    fn jail(&self, name: &str, jail: &RawJail, defaults: &RawJail) -> Result<Jail, Error> {
-        let builtin =
-            match pick(&jail.filter, &defaults.filter) {
-                Some(f) => Some(BUILTINS.iter().find(|b| b.name == f.get_ref()).ok_or_else(
-                    || {
-                        let known: Vec<&str> = BUILTINS.iter().map(|b| b.name).collect();
-                        self.bad(
-                            f.span(),
-                            name,
-                            "filter",
-                            format!(
-                                "unknown filter {:?} (built-in: {})",
-                                f.get_ref(),
-                                known.join(", ")
-                            ),
-                        )
-                    },
-                )?),
-                None => None,
-            };
+    fn jail(
+        &self,
+        name: &str,
+        jail: &RawJail,
+        defaults: &RawJail,
+        filter_dir: &Path,
+    ) -> Result<Jail, Error> {
+        let filter = match pick(&jail.filter, &defaults.filter) {
+            Some(f) => Some(self.filter(name, f, filter_dir)?),
+            None => None,
+        };
 
         // failregex: the filter's, then the jail's own (a jail may extend a filter).
-        let mut failregex: Vec<String> = builtin
-            .map(|b| b.failregex.iter().map(|s| s.to_string()).collect())
+        let mut failregex: Vec<String> = filter
+            .as_ref()
+            .map(|f| f.failregex.clone())
             .unwrap_or_default();
         let builtin_count = failregex.len();
         let own_failregex = pick(&jail.failregex, &defaults.failregex);
@@ -360,17 +364,35 @@ impl Resolver<'_> {
             return Err(self.err(span, name, ErrorKind::NoFailregex));
         }
         let own_ignoreregex = pick(&jail.ignoreregex, &defaults.ignoreregex);
-        let mut ignoreregex: Vec<String> = builtin
-            .map(|b| b.ignoreregex.iter().map(|s| s.to_string()).collect())
+        let mut ignoreregex: Vec<String> = filter
+            .as_ref()
+            .map(|f| f.ignoreregex.clone())
             .unwrap_or_default();
         let builtin_ignore_count = ignoreregex.len();
         if let Some(list) = own_ignoreregex {
             ignoreregex.extend(list.get_ref().iter().map(|s| s.get_ref().clone()));
         }
 
-        let journalmatch = match pick(&jail.journalmatch, &defaults.journalmatch) {
-            Some(list) => self.journalmatch(name, list)?,
-            None => parse_journalmatch(DEFAULT_JOURNALMATCH.iter().copied())
+        let filter_match = filter.as_ref().and_then(|f| f.journalmatch.clone());
+        let journalmatch = match (
+            pick(&jail.journalmatch, &defaults.journalmatch),
+            filter_match,
+        ) {
+            (Some(list), _) => self.journalmatch(name, list)?,
+            (None, Some(terms)) => {
+                parse_journalmatch(terms.iter().map(String::as_str)).map_err(|reason| {
+                    let span = pick(&jail.filter, &defaults.filter)
+                        .map(|f| f.span())
+                        .unwrap_or(0..0);
+                    self.bad(
+                        span,
+                        name,
+                        "journalmatch",
+                        format!("from the filter: {reason}"),
+                    )
+                })?
+            }
+            (None, None) => parse_journalmatch(DEFAULT_JOURNALMATCH.iter().copied())
                 .map_err(|reason| self.bad(0..0, name, "journalmatch", reason))?,
         };
 
@@ -421,6 +443,8 @@ impl Resolver<'_> {
             }
             None => crate::jail::Bantime::For(Duration::from_secs(600)),
         };
+
+        let increment = self.increment(name, jail, defaults)?;
 
         let mut ignoreip = Vec::new();
         if let Some(v) = pick(&jail.ignoreip, &defaults.ignoreip) {
@@ -489,9 +513,11 @@ impl Resolver<'_> {
             journalmatch,
             failregex,
             ignoreregex,
+            input: filter.as_ref().map_or(FilterInput::Message, |f| f.input),
             maxretry,
             findtime,
             bantime,
+            increment,
             ignoreip,
             ports,
             protocol,
@@ -503,6 +529,85 @@ impl Resolver<'_> {
             own_ignoreregex,
         )?;
         Ok(resolved)
+    }
+
+    /// Resolves `filter = "NAME[args]"`: banjo's built-ins first, then
+    /// fail2ban's filter files.
+    fn filter(
+        &self,
+        jail: &str,
+        spec: &Spanned<String>,
+        dir: &Path,
+    ) -> Result<crate::fail2ban::ImportedFilter, Error> {
+        if let Some(b) = BUILTINS.iter().find(|b| b.name == spec.get_ref()) {
+            return Ok(crate::fail2ban::ImportedFilter {
+                failregex: b.failregex.iter().map(|s| s.to_string()).collect(),
+                ignoreregex: b.ignoreregex.iter().map(|s| s.to_string()).collect(),
+                journalmatch: None,
+                input: FilterInput::Message,
+            });
+        }
+        crate::fail2ban::load_filter(spec.get_ref(), dir)
+            .map_err(|e| self.bad(spec.span(), jail, "filter", e.to_string()))
+    }
+
+    /// The `bantime_*` escalation keys; `None` unless `bantime_increment`.
+    fn increment(
+        &self,
+        name: &str,
+        jail: &RawJail,
+        defaults: &RawJail,
+    ) -> Result<Option<Increment>, Error> {
+        let on = pick(&jail.bantime_increment, &defaults.bantime_increment)
+            .is_some_and(|v| *v.get_ref());
+        if !on {
+            return Ok(None);
+        }
+        let factor = match pick(&jail.bantime_factor, &defaults.bantime_factor) {
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 => *v.get_ref(),
+            Some(v) => {
+                return Err(self.bad(
+                    v.span(),
+                    name,
+                    "bantime_factor",
+                    format!("{} is not a positive number", v.get_ref()),
+                ))
+            }
+            None => 1.0,
+        };
+        let mut multipliers = Vec::new();
+        if let Some(v) = pick(&jail.bantime_multipliers, &defaults.bantime_multipliers) {
+            for w in v.get_ref().words() {
+                match w.parse::<f64>() {
+                    Ok(m) if m.is_finite() && m > 0.0 => multipliers.push(m),
+                    _ => {
+                        return Err(self.bad(
+                            v.span(),
+                            name,
+                            "bantime_multipliers",
+                            format!("{w:?} is not a positive number"),
+                        ))
+                    }
+                }
+            }
+        }
+        let maxtime = match pick(&jail.bantime_maxtime, &defaults.bantime_maxtime) {
+            Some(v) => Some(self.duration(name, "bantime_maxtime", v)?),
+            None => None,
+        };
+        let rndtime = match pick(&jail.bantime_rndtime, &defaults.bantime_rndtime) {
+            Some(v) => Some(self.duration(name, "bantime_rndtime", v)?),
+            None => None,
+        };
+        let overalljails = pick(&jail.bantime_overalljails, &defaults.bantime_overalljails)
+            .is_some_and(|v| *v.get_ref());
+        Ok(Some(Increment {
+            factor,
+            multipliers,
+            maxtime,
+            rndtime,
+            overalljails,
+        }))
     }
 
     /// Compiles the jail's regexes alone, so a broken one is reported at

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub daemon: Option<RawDaemon>,
     pub journal: Option<RawJournal>,
     pub firewall: Option<RawFirewall>,
+    pub fail2ban: Option<RawFail2ban>,
     pub defaults: Option<RawJail>,
     #[serde(default)]
     pub jail: BTreeMap<Spanned<String>, RawJail>,
@@ -43,6 +44,13 @@ pub struct RawFirewall {
     pub table: Option<Spanned<String>>,
 }
 
+/// `[fail2ban]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFail2ban {
+    pub filter_dir: Option<Spanned<String>>,
+}
+
 /// `[defaults]` and `[jail.NAME]`: the same keys, jail values win.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +63,12 @@ pub struct RawJail {
     pub maxretry: Option<Spanned<i64>>,
     pub findtime: Option<Spanned<DurationValue>>,
     pub bantime: Option<Spanned<DurationValue>>,
+    pub bantime_increment: Option<Spanned<bool>>,
+    pub bantime_factor: Option<Spanned<f64>>,
+    pub bantime_multipliers: Option<Spanned<Words>>,
+    pub bantime_maxtime: Option<Spanned<DurationValue>>,
+    pub bantime_rndtime: Option<Spanned<DurationValue>>,
+    pub bantime_overalljails: Option<Spanned<bool>>,
     pub ignoreip: Option<Spanned<Words>>,
     pub port: Option<Spanned<Words>>,
     pub allports: Option<Spanned<bool>>,

@@ -541,6 +541,8 @@ mod tests {
             },
             failregex: failregex.iter().map(|s| s.to_string()).collect(),
             ignoreregex: ignoreregex.iter().map(|s| s.to_string()).collect(),
+            input: Default::default(),
+            increment: None,
             maxretry: 3,
             findtime: Duration::from_secs(600),
             bantime: Bantime::For(Duration::from_secs(3600)),

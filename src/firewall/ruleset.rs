@@ -453,6 +453,8 @@ mod tests {
             journalmatch: JournalMatch { groups: vec![] },
             failregex: vec![],
             ignoreregex: vec![],
+            input: Default::default(),
+            increment: None,
             maxretry: 3,
             findtime: Duration::from_secs(600),
             bantime: Bantime::For(Duration::from_secs(600)),
