@@ -1,13 +1,19 @@
-//! What banjo keeps on disk under `state_dir`: the journal position.
+//! What banjo keeps on disk under `state_dir`, in one file, `state.json`:
+//! the journal position, the active bans with their absolute end, and the
+//! ban history that escalation needs.
 //!
-//! The cursor file names the last entry whose consequences (failures
-//! counted, bans in the kernel) are complete. Failure counts themselves are
-//! not stored: on restart the daemon replays the journal from
-//! `cursor time - findtime` up to the cursor without acting, which rebuilds
-//! them exactly, then resumes live after it. The journal is the state.
+//! The position names the last entry whose consequences (failures counted,
+//! bans in the kernel and in this file) are complete. Failure counts
+//! themselves are not stored: on restart the daemon replays the journal
+//! from `position - findtime` up to the position without acting, which
+//! rebuilds them exactly. The bans are what the kernel forgets on reboot;
+//! the daemon puts the unexpired ones back with their remaining time.
 //!
-//! Writes are write-to-temporary, fsync, rename, so a SIGKILL or power loss
-//! at any moment leaves either the old or the new cursor, never a torn one.
+//! One file rather than an embedded database: the whole state is small
+//! (about 100 bytes per ban), written at most once a second, and a single
+//! write-to-temporary, fsync, rename is atomic, so a SIGKILL or power loss
+//! at any moment leaves either the old or the new state, never a mix of
+//! a new position with old bans.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -25,6 +31,48 @@ pub struct Position {
     /// That entry's `__REALTIME_TIMESTAMP`.
     pub time: Micros,
 }
+
+/// An active ban as saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBan {
+    /// The jail's name (ids change between configurations).
+    pub jail: String,
+    /// The banned address.
+    pub ip: std::net::IpAddr,
+    /// When it ends; `None` for a permanent ban.
+    pub until: Option<Micros>,
+    /// Its full length in seconds; `None` for a permanent ban.
+    pub bantime: Option<u64>,
+}
+
+/// Ban history of one address in one jail, as saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedHistory {
+    /// The jail's name.
+    pub jail: String,
+    /// The address.
+    pub ip: std::net::IpAddr,
+    /// Bans so far.
+    pub count: u32,
+    /// When the last one started.
+    pub last: Micros,
+}
+
+/// Everything in `state.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Format version, for future migrations.
+    pub version: u32,
+    /// Where the journal was fully processed.
+    pub position: Option<Position>,
+    /// Active bans.
+    pub bans: Vec<SavedBan>,
+    /// Ban history.
+    pub history: Vec<SavedHistory>,
+}
+
+/// The current format version of `state.json`.
+pub const VERSION: u32 = 1;
 
 /// A state-file failure, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -59,18 +107,18 @@ impl State {
         })
     }
 
-    fn cursor_path(&self) -> PathBuf {
-        self.dir.join("cursor.json")
+    fn path(&self) -> PathBuf {
+        self.dir.join("state.json")
     }
 
-    /// The saved position; `Ok(None)` when there is none or it is unreadable
-    /// (an unreadable one is moved aside as `cursor.json.corrupt`, and the
-    /// caller starts as on a first run).
-    pub fn position(&self) -> Result<Option<Position>, Error> {
-        let path = self.cursor_path();
-        let text = match fs::read_to_string(&path) {
+    /// The saved state; empty when there is none. An unreadable file is
+    /// moved aside as `state.json.corrupt` with a warning, and banjo starts
+    /// as on a first run rather than refusing to start.
+    pub fn load(&self) -> Result<Snapshot, Error> {
+        let path = self.path();
+        let text = match fs::read(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Snapshot::default()),
             Err(source) => {
                 return Err(Error {
                     path,
@@ -79,12 +127,16 @@ impl State {
                 })
             }
         };
-        match serde_json::from_str::<Position>(&text) {
-            Ok(p) => Ok(Some(p)),
-            Err(e) => {
+        match serde_json::from_slice::<Snapshot>(&text) {
+            Ok(s) if s.version <= VERSION => Ok(s),
+            result => {
+                let why = match result {
+                    Err(e) => e.to_string(),
+                    Ok(s) => format!("written by a newer banjo (format {})", s.version),
+                };
                 let aside = path.with_extension("json.corrupt");
                 tracing::warn!(
-                    "{}: corrupt journal position ({e}); moved to {} and starting from the recent journal",
+                    "{}: unusable state ({why}); moved to {} and starting afresh: bans already in the kernel stay",
                     path.display(),
                     aside.display()
                 );
@@ -93,15 +145,19 @@ impl State {
                     what: "moving a corrupt file aside",
                     source,
                 })?;
-                Ok(None)
+                Ok(Snapshot::default())
             }
         }
     }
 
-    /// Saves `position` atomically.
-    pub fn save_position(&self, position: &Position) -> Result<(), Error> {
-        let path = self.cursor_path();
-        let bytes = serde_json::to_vec(position).unwrap_or_default();
+    /// Saves `snapshot` atomically.
+    pub fn save(&self, snapshot: &Snapshot) -> Result<(), Error> {
+        let path = self.path();
+        let bytes = serde_json::to_vec(snapshot).map_err(|e| Error {
+            path: path.clone(),
+            what: "encoding",
+            source: std::io::Error::other(e),
+        })?;
         write_atomic(&path, &bytes).map_err(|source| Error {
             path,
             what: "writing",
@@ -142,17 +198,35 @@ mod tests {
     fn round_trip_and_corrupt_file_moved_aside() {
         let dir = tempdir();
         let state = State::open(&dir).unwrap();
-        assert_eq!(state.position().unwrap(), None);
-        let p = Position {
-            cursor: "s=abc;i=1".into(),
-            time: 42,
+        assert_eq!(state.load().unwrap(), Snapshot::default());
+        let snap = Snapshot {
+            version: VERSION,
+            position: Some(Position {
+                cursor: "s=abc;i=1".into(),
+                time: 42,
+            }),
+            bans: vec![SavedBan {
+                jail: "postfix".into(),
+                ip: "192.0.2.1".parse().unwrap(),
+                until: Some(99),
+                bantime: Some(3600),
+            }],
+            history: vec![SavedHistory {
+                jail: "postfix".into(),
+                ip: "2001:db8::1".parse().unwrap(),
+                count: 3,
+                last: 7,
+            }],
         };
-        state.save_position(&p).unwrap();
-        assert_eq!(state.position().unwrap(), Some(p));
-        fs::write(dir.join("cursor.json"), b"{not json").unwrap();
-        assert_eq!(state.position().unwrap(), None);
-        assert!(dir.join("cursor.json.corrupt").exists());
-        assert!(!dir.join("cursor.json").exists());
+        state.save(&snap).unwrap();
+        assert_eq!(state.load().unwrap(), snap);
+        fs::write(dir.join("state.json"), b"{not json").unwrap();
+        assert_eq!(state.load().unwrap(), Snapshot::default());
+        assert!(dir.join("state.json.corrupt").exists());
+        assert!(!dir.join("state.json").exists());
+        // A file from a newer banjo is set aside too, not misread.
+        fs::write(dir.join("state.json"), br#"{"version":99,"position":null,"bans":[],"history":[]}"#).unwrap();
+        assert_eq!(state.load().unwrap(), Snapshot::default());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

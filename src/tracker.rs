@@ -129,28 +129,53 @@ impl Tracker {
             }
             self.banned.remove(&key);
         }
+        match self.count(key, failure.time, maxretry, findtime) {
+            Some(failures) => Verdict::Counted { failures },
+            None => Verdict::Ban(self.ban(failure.jail, ip, failure.time, None)),
+        }
+    }
+
+    /// Counts a failure seen before a restart or reload, while the journal
+    /// is replayed: it rebuilds the failure window, but a window that
+    /// reaches maxretry records no ban, since that ban was already decided
+    /// then and saved with the state (or has since been lifted).
+    pub fn replay(&mut self, failure: &Failure) {
+        let Some(policy) = self.policies.get(failure.jail.index()) else {
+            return;
+        };
+        let ip = failure.ip.to_canonical();
+        if policy.ignoreip.iter().any(|net| net.contains(ip)) {
+            return;
+        }
+        let (maxretry, findtime) = (policy.maxretry as usize, policy.findtime);
+        let key = (failure.jail, ip);
+        if self.banned.get(&key).is_some_and(|b| failure.time < b.until) {
+            return;
+        }
+        if self.count(key, failure.time, maxretry, findtime).is_none() {
+            self.failures.remove(&key);
+        }
+    }
+
+    /// Adds a failure to the window of `key`; `Some(count)` below
+    /// maxretry, `None` when it reaches maxretry.
+    fn count(&mut self, key: (JailId, IpAddr), time: Micros, maxretry: usize, findtime: Micros) -> Option<u32> {
         if self.failures.len() >= MAX_TRACKED && !self.failures.contains_key(&key) {
             evict_oldest(&mut self.failures, |t| t.last().copied());
         }
-        let window_start = failure.time.saturating_sub(findtime);
+        let window_start = time.saturating_sub(findtime);
         let times = self.failures.entry(key).or_default();
         // Entries arrive in journal order, which is time order within one
         // file but may step back slightly across interleaved files.
-        let at = times.partition_point(|t| *t <= failure.time);
-        times.insert(at, failure.time);
-        times.retain(|t| *t > window_start || *t == failure.time);
+        let at = times.partition_point(|t| *t <= time);
+        times.insert(at, time);
+        times.retain(|t| *t > window_start || *t == time);
         if times.len() > maxretry {
             let excess = times.len() - maxretry;
             times.drain(..excess);
         }
         let count = times.iter().filter(|t| **t > window_start).count();
-        if count < maxretry {
-            return Verdict::Counted {
-                failures: count as u32,
-            };
-        }
-        self.failures.remove(&key);
-        Verdict::Ban(self.ban(failure.jail, ip, failure.time, None))
+        (count < maxretry).then_some(count as u32)
     }
 
     /// Records a ban decided outside the failure count (`banjo ban`):

@@ -1,7 +1,11 @@
 //! The command line: argv to subcommand, exit codes.
 //!
-//! Exit codes: 0 success; 1 a runtime failure (firewall, journal, state);
-//! 2 a configuration or usage error.
+//! Exit codes: 0 success; 1 a runtime failure (firewall, journal, state)
+//! or a request the daemon refused (unknown jail, address not banned);
+//! 2 a configuration or usage error; 3 the daemon cannot be reached;
+//! 4 permission denied.
+
+mod control;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +16,14 @@ use crate::jail::{Bantime, Ports};
 const USAGE: &str = "\
 usage: banjo run [--config PATH]
        banjo config check [--config PATH]
+       banjo status [JAIL] [--json]
+       banjo ban JAIL IP... [--for DURATION] [--json]
+       banjo unban IP... [--jail JAIL | --all] [--json]
+       banjo reload [--json]
+       banjo stats [--json]
+
+The control commands reach the daemon through the socket named in the
+configuration (--config PATH) or given with --socket PATH.
 
 Reads the systemd journal, matches every jail's failregexes with one DFA,
 and bans through nftables sets whose elements carry kernel timeouts.
@@ -34,10 +46,11 @@ pub fn main(args: Vec<String>) -> ExitCode {
         },
         Some("config") if rest.first().map(String::as_str) == Some("check") => {
             match config_path(&rest[1..]) {
-                Ok(path) => check(path),
+                Ok(path) => config_check(path),
                 Err(e) => usage(&e),
             }
         }
+        Some(cmd @ ("status" | "ban" | "unban" | "reload" | "stats")) => control::main(cmd, &rest),
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -51,7 +64,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
     }
 }
 
-fn usage(problem: &str) -> ExitCode {
+/// Prints a usage error; exit code 2.
+pub(crate) fn usage(problem: &str) -> ExitCode {
     eprintln!("banjo: {problem}\n{USAGE}");
     ExitCode::from(EXIT_CONFIG)
 }
@@ -100,7 +114,7 @@ fn run(path: PathBuf) -> ExitCode {
     }
 }
 
-fn check(path: PathBuf) -> ExitCode {
+fn config_check(path: PathBuf) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {

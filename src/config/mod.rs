@@ -42,6 +42,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The control socket's path.
     pub socket: PathBuf,
+    /// The group whose members may use the read-only control commands
+    /// (`status`, `stats`), as a gid.
+    pub socket_group: Option<u32>,
     /// Which journal to read.
     pub journal: Source,
     /// Name of banjo's `inet` nftables table.
@@ -242,6 +245,12 @@ impl Resolver<'_> {
         let daemon = raw.daemon.unwrap_or_default();
         let state_dir = absolute_path(self, &daemon.state_dir, "state_dir", "/var/lib/banjo")?;
         let socket = absolute_path(self, &daemon.socket, "socket", "/run/banjo/banjo.sock")?;
+        let socket_group = match &daemon.socket_group {
+            Some(g) => Some(lookup_group(g.get_ref()).ok_or_else(|| {
+                self.bad(g.span(), "", "socket_group", format!("no group {:?} on this system", g.get_ref()))
+            })?),
+            None => None,
+        };
 
         let journal = raw.journal.unwrap_or_default();
         let journal = match (&journal.directory, &journal.namespace) {
@@ -327,6 +336,7 @@ impl Resolver<'_> {
             path: self.path.to_path_buf(),
             state_dir,
             socket,
+            socket_group,
             journal,
             table,
             fail2ban_filter_dir,
@@ -738,6 +748,17 @@ pub fn parse_journalmatch<'a>(
         g.sort();
     }
     Ok(JournalMatch { groups })
+}
+
+/// A group's gid by name (or a number).
+fn lookup_group(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 fn pick<'a, T>(jail: &'a Option<T>, defaults: &'a Option<T>) -> Option<&'a T> {

@@ -27,6 +27,7 @@ pub struct RawConfig {
 pub struct RawDaemon {
     pub state_dir: Option<Spanned<String>>,
     pub socket: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<String>>,
 }
 
 /// `[journal]`.

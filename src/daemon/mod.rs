@@ -1,17 +1,22 @@
 //! The daemon: the one place that knows every stage and wires them.
 //!
-//! One thread, one `poll` over the journal fd and a signalfd (TERM/INT
-//! stop, HUP reload). Entries flow journal → filter → tracker; the bans of
-//! one wakeup go to the firewall as one netlink batch; only then is the
-//! journal position saved, so a saved cursor always means "everything up
-//! to here is in the kernel".
+//! One thread, one `poll` over the journal fd, a signalfd (TERM/INT stop,
+//! HUP reload) and the control socket. Entries flow journal → filter →
+//! tracker; the bans of one wakeup go to the firewall as one netlink batch.
+//! The state file (journal position, active bans, ban history) is written
+//! after the firewall has the bans, so a saved position always means
+//! "everything up to here is in the kernel and on disk".
 //!
 //! journald coalesces its change notifications on a ~250 ms timer, so a
 //! reader that only waits for the fd bans a quarter second late. While
 //! entries are arriving, banjo also polls the journal every few
-//! milliseconds; after a quiet second it goes back to waiting on the fd
+//! milliseconds; after a quiet spell it goes back to waiting on the fd
 //! alone.
 
+mod control;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,9 +31,9 @@ use crate::firewall::{Element, Firewall};
 use crate::jail::{Bantime, JailId, JailSet, JournalMatch};
 use crate::journal::Journal;
 use crate::log;
-use crate::state::{Position, State};
+use crate::state::{Position, SavedBan, SavedHistory, Snapshot, State};
 use crate::ticket::{Ban, Failure, Micros};
-use crate::tracker::{Tracker, Verdict};
+use crate::tracker::{ActiveBan, History, Tracker, Verdict};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,9 @@ pub enum Error {
     /// The state directory failed.
     #[error("state: {0}")]
     State(#[from] crate::state::Error),
+    /// The control socket failed.
+    #[error("control socket: {0}")]
+    Control(#[from] crate::control::Error),
     /// Signals or poll failed.
     #[error("{what}: {source}")]
     System {
@@ -63,21 +71,29 @@ pub enum Error {
 /// both latency and batch size while a long backlog is read.
 const FLUSH_AT: usize = 4096;
 /// How long after the last entry the journal is still polled on a timer.
-const ACTIVE_FOR: Duration = Duration::from_secs(1);
+const ACTIVE_FOR: Duration = Duration::from_secs(2);
 /// The polling period while active.
 const ACTIVE_POLL: Duration = Duration::from_millis(2);
-/// How often the cursor is saved when nothing was banned.
+/// How often the state is saved while it changes.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How often stale failures are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
-/// Counters since start, for STATUS= and logs.
+/// Counters since start, for STATUS=, `banjo stats` and `banjo status`.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
     lines: u64,
     failures: u64,
     ignored: u64,
     not_an_address: u64,
+    bans: u64,
+    unbans: u64,
+}
+
+/// Per-jail totals, kept by name across reloads.
+#[derive(Debug, Default, Clone, Copy)]
+struct JailCounters {
+    failures: u64,
     bans: u64,
 }
 
@@ -92,7 +108,7 @@ struct Pipeline {
     jails_of_match: Vec<JailSet>,
 }
 
-/// Where the reader is relative to the saved cursor.
+/// Where the reader is relative to the saved position.
 enum Mode {
     /// Rebuilding failure counts from entries already processed before a
     /// restart or reload: count, but neither log nor ban.
@@ -108,34 +124,43 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     let mut firewall = Firewall::open(&config.table)?;
     firewall.setup(&config.jails)?;
     let state = State::open(&config.state_dir)?;
-    let saved = state.position()?;
+    let snapshot = state.load()?;
+    let control = crate::control::Server::bind(&config.socket, config.socket_group)?;
     let mut pipeline = Pipeline::build(config)?;
-    let mut mode = pipeline.position(saved)?;
+    restore(&mut pipeline, &snapshot);
+    let (restored, adopted) = reconcile(&mut firewall, &mut pipeline, now_micros())?;
+    let mut mode = pipeline.position(snapshot.position.clone())?;
 
     let mut daemon = Daemon {
         config_path: config_path.to_path_buf(),
         firewall,
         state,
+        position: snapshot.position,
         counters: Counters::default(),
+        per_jail: HashMap::new(),
         pending: Vec::new(),
         hits: Vec::new(),
         last_entry: None,
+        last_entry_time: None,
         last_saved: Instant::now(),
         last_status: Instant::now(),
         last_expire: Instant::now(),
         dirty: false,
+        started: Instant::now(),
     };
     tracing::info!(
         message_id = log::STARTED,
-        "banjo {} started: {} jails on the {}, table inet {}",
+        "banjo {} started: {} jails on the {}, table inet {}; {} bans restored to the kernel, {} found there",
         env!("CARGO_PKG_VERSION"),
         pipeline.config.jails.len(),
         pipeline.config.journal,
-        pipeline.config.table
+        pipeline.config.table,
+        restored,
+        adopted
     );
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&daemon.status(&pipeline)),
+        sd_notify::NotifyState::Status(&daemon.status_line(&pipeline)),
     ]);
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut last_watchdog = Instant::now();
@@ -151,25 +176,27 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         }
         let mut timeout: Option<Duration> =
             watchdog.map(|p| p.saturating_sub(now.duration_since(last_watchdog)));
+        let mut shorten = |t: Duration| timeout = Some(timeout.map_or(t, |x| x.min(t)));
         if daemon
             .last_entry
             .is_some_and(|t| now.duration_since(t) < ACTIVE_FOR)
         {
-            timeout = Some(timeout.map_or(ACTIVE_POLL, |t| t.min(ACTIVE_POLL)));
+            shorten(ACTIVE_POLL);
         }
         if daemon.dirty {
-            timeout = Some(timeout.map_or(SAVE_EVERY, |t| t.min(SAVE_EVERY)));
+            shorten(SAVE_EVERY);
         }
         let journal_fd = pipeline.journal.fd()?;
         // SAFETY: the fd belongs to the sd_journal handle in `pipeline`,
-        // which outlives this borrow (it is not replaced until after poll).
+        // which is not replaced while this borrow lives (until after poll).
         let journal_fd = unsafe { BorrowedFd::borrow_raw(journal_fd) };
         let mut fds = [
             PollFd::new(journal_fd, PollFlags::POLLIN),
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(control.as_fd(), PollFlags::POLLIN),
         ];
         let poll_timeout = match timeout {
-            Some(t) => PollTimeout::try_from(t.as_millis().max(1).min(i32::MAX as u128) as i32)
+            Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32)
                 .unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
@@ -183,15 +210,29 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
                 })
             }
         }
-        let journal_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let signal_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        let (journal_ready, signal_ready, control_ready) =
+            (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
         if journal_ready {
             pipeline.journal.process()?;
+        }
+        if control_ready {
+            // Read what the journal holds first, so a status request sees
+            // every entry written before it was sent.
+            daemon.drain(&mut pipeline, &mut mode)?;
+            while let Some((mut conn, peer, request)) = control.accept() {
+                let response = daemon.handle(&mut pipeline, &mut mode, &peer, request);
+                conn.reply(&response);
+            }
         }
         if signal_ready {
             match signals.read_signal() {
                 Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGHUP) => daemon.reload(&mut pipeline, &mut mode)?,
+                    Ok(Signal::SIGHUP) => {
+                        if let Err(e) = daemon.reload(&mut pipeline, &mut mode) {
+                            tracing::error!(message_id = log::RELOAD, "reload refused, keeping the running configuration: {e}");
+                        }
+                    }
                     Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => break,
                     _ => {}
                 },
@@ -207,7 +248,8 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     }
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    daemon.flush(&pipeline)?;
+    daemon.flush(&mut pipeline)?;
+    daemon.dirty = true;
     daemon.save(&pipeline)?;
     tracing::info!(
         message_id = log::STOPPED,
@@ -240,6 +282,14 @@ fn now_micros() -> Micros {
         .unwrap_or(0)
 }
 
+/// A random key for the tracker's rndtime jitter.
+fn seed() -> u64 {
+    let mut buf = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    u64::from_ne_bytes(buf) ^ now_micros()
+}
+
 impl Pipeline {
     fn build(config: Config) -> Result<Pipeline, Error> {
         let filter = Filter::new(&config.jails)?;
@@ -269,8 +319,23 @@ impl Pipeline {
         })
     }
 
+    fn jail_id(&self, name: &str) -> Option<JailId> {
+        self.config
+            .jails
+            .iter()
+            .position(|j| j.name == name)
+            .map(|i| JailId(i as u16))
+    }
+
+    fn jail_name(&self, id: JailId) -> &str {
+        self.config
+            .jails
+            .get(id.index())
+            .map_or("?", |j| j.name.as_str())
+    }
+
     /// Places the reader: after a restart, `findtime` before the saved
-    /// cursor to replay; on a first start, `findtime` before now, so a
+    /// position, to replay; on a first start, `findtime` before now, so a
     /// restart in the middle of a flood still counts it.
     fn position(&mut self, saved: Option<Position>) -> Result<Mode, Error> {
         let lookback = self.config.max_findtime().as_micros() as Micros;
@@ -286,6 +351,83 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Puts the saved bans and history of jails that still exist into the
+/// tracker.
+fn restore(p: &mut Pipeline, snapshot: &Snapshot) {
+    for b in &snapshot.bans {
+        if let Some(jail) = p.jail_id(&b.jail) {
+            let bantime = b
+                .bantime
+                .map_or(Bantime::Permanent, |s| Bantime::For(Duration::from_secs(s)));
+            let until = b.until.unwrap_or(Micros::MAX);
+            p.tracker.restore_ban(jail, b.ip, ActiveBan { until, bantime });
+        }
+    }
+    for h in &snapshot.history {
+        if let Some(jail) = p.jail_id(&h.jail) {
+            p.tracker.restore_history(
+                jail,
+                h.ip,
+                History {
+                    count: h.count,
+                    last: h.last,
+                },
+            );
+        }
+    }
+}
+
+/// Makes the kernel and the tracker agree, both ways: unexpired bans the
+/// kernel lacks (a reboot, a flushed ruleset) go back with their
+/// remaining time, in one batch; elements the tracker does not know (a
+/// lost state file) are adopted. Elements already there are left alone:
+/// no unban window. Returns (restored, adopted).
+fn reconcile(fw: &mut Firewall, p: &mut Pipeline, now: Micros) -> Result<(usize, usize), Error> {
+    let mut present: HashSet<(JailId, IpAddr)> = HashSet::new();
+    let mut adopted = 0;
+    for i in 0..p.config.jails.len() {
+        let jail = JailId(i as u16);
+        for e in fw.list(jail)? {
+            let ip = e.ip.to_canonical();
+            present.insert((jail, ip));
+            if p.tracker.active_ban(jail, ip).is_none() {
+                let (until, bantime) = match e.timeout {
+                    Some(t) => (
+                        now.saturating_add(micros(e.expires.unwrap_or(t))),
+                        Bantime::For(t),
+                    ),
+                    None => (Micros::MAX, Bantime::Permanent),
+                };
+                p.tracker.restore_ban(jail, ip, ActiveBan { until, bantime });
+                adopted += 1;
+            }
+        }
+    }
+    let missing: Vec<Element> = p
+        .tracker
+        .active_bans()
+        .filter(|(jail, ip, ban)| ban.until > now && !present.contains(&(*jail, *ip)))
+        .map(|(jail, ip, ban)| Element {
+            jail,
+            ip,
+            timeout: match ban.bantime {
+                Bantime::For(d) => Some(d),
+                Bantime::Permanent => None,
+            },
+            expires: match ban.bantime {
+                Bantime::For(_) => Some(Duration::from_micros(ban.until - now)),
+                Bantime::Permanent => None,
+            },
+        })
+        .collect();
+    fw.add(&missing)?;
+    Ok((missing.len(), adopted))
+}
+
+fn micros(d: Duration) -> Micros {
+    u64::try_from(d.as_micros()).unwrap_or(Micros::MAX)
 }
 
 /// The jails an entry belongs to, from its journalmatch bitmask.
@@ -306,20 +448,26 @@ struct Daemon {
     config_path: PathBuf,
     firewall: Firewall,
     state: State,
+    /// The last fully processed journal entry.
+    position: Option<Position>,
     counters: Counters,
+    per_jail: HashMap<String, JailCounters>,
     pending: Vec<Ban>,
     hits: Vec<Hit>,
     last_entry: Option<Instant>,
+    /// Journal time of the newest entry read, for the lag in `stats`.
+    last_entry_time: Option<Micros>,
     last_saved: Instant,
     last_status: Instant,
     last_expire: Instant,
-    /// Entries processed since the cursor was last saved.
+    /// The state changed since it was last saved.
     dirty: bool,
+    started: Instant,
 }
 
 impl Daemon {
     /// Reads every available entry, acting on each; flushes bans and saves
-    /// the cursor at the end.
+    /// the state at the end (at most once a second).
     fn drain(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<(), Error> {
         let mut any = false;
         while let Some(entry) = p.journal.next_entry()? {
@@ -346,7 +494,7 @@ impl Daemon {
                 }
                 Mode::Live => false,
             };
-            self.counters.lines += u64::from(!replaying);
+            self.last_entry_time = Some(time);
             let hits = std::mem::take(&mut self.hits);
             for hit in &hits {
                 match hit.outcome {
@@ -356,9 +504,11 @@ impl Daemon {
                             ip,
                             time,
                         };
-                        let verdict = p.tracker.observe(&failure);
-                        if !replaying {
-                            self.act(&p.config, &failure, verdict);
+                        if replaying {
+                            p.tracker.replay(&failure);
+                        } else {
+                            let verdict = p.tracker.observe(&failure);
+                            self.act(p, &failure, verdict);
                         }
                     }
                     Outcome::Ignored if !replaying => self.counters.ignored += 1,
@@ -367,18 +517,25 @@ impl Daemon {
                 }
             }
             self.hits = hits;
+            if !replaying {
+                self.counters.lines += 1;
+                self.dirty = true;
+            }
             if self.pending.len() >= FLUSH_AT {
                 self.flush(p)?;
             }
-            self.dirty |= !replaying;
         }
         if any {
             self.last_entry = Some(Instant::now());
+            if self.dirty {
+                if let (Ok(cursor), Ok(time)) = (p.journal.cursor(), p.journal.time()) {
+                    self.position = Some(Position { cursor, time });
+                }
+            }
         }
-        let banned = !self.pending.is_empty();
         self.flush(p)?;
         let now = Instant::now();
-        if self.dirty && (banned || now.duration_since(self.last_saved) >= SAVE_EVERY) {
+        if self.dirty && now.duration_since(self.last_saved) >= SAVE_EVERY {
             self.save(p)?;
         }
         if now.duration_since(self.last_expire) >= EXPIRE_EVERY {
@@ -386,17 +543,14 @@ impl Daemon {
             self.last_expire = now;
         }
         if any && now.duration_since(self.last_status) >= Duration::from_secs(1) {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status(p))]);
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status_line(p))]);
             self.last_status = now;
         }
         Ok(())
     }
 
-    fn act(&mut self, config: &Config, failure: &Failure, verdict: Verdict) {
-        let jail = config
-            .jails
-            .get(failure.jail.index())
-            .map_or("?", |j| j.name.as_str());
+    fn act(&mut self, p: &Pipeline, failure: &Failure, verdict: Verdict) {
+        let jail = p.jail_name(failure.jail);
         let ip = failure.ip.to_canonical();
         match verdict {
             Verdict::IgnoredIp => {
@@ -406,78 +560,102 @@ impl Daemon {
                 tracing::debug!(jail, ip = %ip, "[{jail}] {ip} already banned");
             }
             Verdict::Counted { failures } => {
-                self.counters.failures += 1;
+                self.count_failure(jail);
                 tracing::info!(message_id = log::FOUND, jail, ip = %ip, failures, "[{jail}] Found {ip}");
             }
             Verdict::Ban(ban) => {
-                self.counters.failures += 1;
+                self.count_failure(jail);
                 tracing::info!(message_id = log::FOUND, jail, ip = %ip, "[{jail}] Found {ip}");
                 self.pending.push(ban);
             }
         }
     }
 
+    fn count_failure(&mut self, jail: &str) {
+        self.counters.failures += 1;
+        self.per_jail.entry(jail.to_string()).or_default().failures += 1;
+    }
+
     /// Applies the pending bans in one batch.
-    fn flush(&mut self, p: &Pipeline) -> Result<(), Error> {
+    fn flush(&mut self, p: &mut Pipeline) -> Result<(), Error> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let elements: Vec<Element> = self
-            .pending
-            .iter()
-            .map(|b| Element {
-                jail: b.jail,
-                ip: b.ip,
-                timeout: match b.bantime {
-                    Bantime::For(d) => Some(d),
-                    Bantime::Permanent => None,
-                },
-                expires: None,
-            })
-            .collect();
-        self.firewall.add(&elements)?;
-        for ban in self.pending.drain(..) {
-            self.counters.bans += 1;
-            let jail = p
-                .config
-                .jails
-                .get(ban.jail.index())
-                .map_or("?", |j| j.name.as_str());
-            let bantime = match ban.bantime {
-                Bantime::For(d) => d.as_secs() as i64,
-                Bantime::Permanent => -1,
-            };
-            tracing::warn!(
-                message_id = log::BAN,
-                jail,
-                ip = %ban.ip,
-                bantime,
-                "[{jail}] Ban {}",
-                ban.ip
-            );
+        let elements: Vec<Element> = self.pending.iter().map(element).collect();
+        if let Err(e) = self.firewall.add(&elements) {
+            // The bans did not land: forget them so the next failure of
+            // each address tries again, rather than counting them banned.
+            for ban in self.pending.drain(..) {
+                p.tracker.forget_ban(ban.jail, ban.ip);
+            }
+            return Err(e.into());
         }
+        for ban in std::mem::take(&mut self.pending) {
+            self.log_ban(p, &ban, false);
+        }
+        self.dirty = true;
         Ok(())
     }
 
+    fn log_ban(&mut self, p: &Pipeline, ban: &Ban, manual: bool) {
+        self.counters.bans += 1;
+        let jail = p.jail_name(ban.jail);
+        self.per_jail.entry(jail.to_string()).or_default().bans += 1;
+        let bantime = match ban.bantime {
+            Bantime::For(d) => d.as_secs() as i64,
+            Bantime::Permanent => -1,
+        };
+        tracing::warn!(
+            message_id = log::BAN,
+            jail,
+            ip = %ban.ip,
+            bantime,
+            ban_count = ban.count,
+            manual,
+            "[{jail}] Ban {}",
+            ban.ip
+        );
+    }
+
+    /// Writes the state file if anything changed.
     fn save(&mut self, p: &Pipeline) -> Result<(), Error> {
         if !self.dirty {
             return Ok(());
         }
-        // The reader still stands on the last entry returned.
-        let (Ok(cursor), Some(time)) = (p.journal.cursor(), self.last_time(p)) else {
-            return Ok(());
+        let snapshot = Snapshot {
+            version: crate::state::VERSION,
+            position: self.position.clone(),
+            bans: p
+                .tracker
+                .active_bans()
+                .map(|(jail, ip, ban)| SavedBan {
+                    jail: p.jail_name(jail).to_string(),
+                    ip,
+                    until: (ban.until != Micros::MAX).then_some(ban.until),
+                    bantime: match ban.bantime {
+                        Bantime::For(d) => Some(d.as_secs()),
+                        Bantime::Permanent => None,
+                    },
+                })
+                .collect(),
+            history: p
+                .tracker
+                .histories()
+                .map(|(jail, ip, h)| SavedHistory {
+                    jail: p.jail_name(jail).to_string(),
+                    ip,
+                    count: h.count,
+                    last: h.last,
+                })
+                .collect(),
         };
-        self.state.save_position(&Position { cursor, time })?;
+        self.state.save(&snapshot)?;
         self.dirty = false;
         self.last_saved = Instant::now();
         Ok(())
     }
 
-    fn last_time(&self, p: &Pipeline) -> Option<Micros> {
-        p.journal.time().ok()
-    }
-
-    fn status(&self, p: &Pipeline) -> String {
+    fn status_line(&self, p: &Pipeline) -> String {
         format!(
             "{} jails, {} lines, {} failures, {} bans",
             p.config.jails.len(),
@@ -487,11 +665,12 @@ impl Daemon {
         )
     }
 
-    /// SIGHUP: validate the new configuration first; on error the old one
-    /// keeps running. On success the pipeline is rebuilt and the journal
-    /// replayed from findtime before the current position, so the new
-    /// jails' counts start from what the journal already holds.
-    fn reload(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<(), Error> {
+    /// SIGHUP or `banjo reload`: validate the new configuration first; on
+    /// error the old one keeps running. On success the pipeline is rebuilt
+    /// (sets of removed jails deleted, new ones created, surviving bans
+    /// kept) and the journal replayed from findtime before the current
+    /// position, so every jail's counts start from what the journal holds.
+    fn reload(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<usize, Error> {
         let _ = sd_notify::notify(&[
             sd_notify::NotifyState::Reloading,
             sd_notify::NotifyState::monotonic_usec_now()
@@ -500,46 +679,69 @@ impl Daemon {
         let result = Config::load(&self.config_path)
             .map_err(Error::from)
             .and_then(|config| {
-                self.firewall.setup(&config.jails)?;
+                if config.table != p.config.table {
+                    tracing::warn!("the firewall table name changed; it takes effect on restart");
+                }
+                let mut config = config;
+                config.table = p.config.table.clone();
                 Pipeline::build(config)
             });
-        match result {
+        let outcome = match result {
             Ok(mut fresh) => {
                 self.flush(p)?;
-                self.save(p)?;
-                let saved = self.state.position()?;
-                *mode = fresh.position(saved)?;
+                self.firewall.setup(&fresh.config.jails)?;
+                // Carry bans and history of surviving jails over by name.
+                let mut snapshot = Snapshot::default();
+                for (jail, ip, ban) in p.tracker.active_bans() {
+                    snapshot.bans.push(SavedBan {
+                        jail: p.jail_name(jail).to_string(),
+                        ip,
+                        until: Some(ban.until),
+                        bantime: match ban.bantime {
+                            Bantime::For(d) => Some(d.as_secs()),
+                            Bantime::Permanent => None,
+                        },
+                    });
+                }
+                for (jail, ip, h) in p.tracker.histories() {
+                    snapshot.history.push(SavedHistory {
+                        jail: p.jail_name(jail).to_string(),
+                        ip,
+                        count: h.count,
+                        last: h.last,
+                    });
+                }
+                restore(&mut fresh, &snapshot);
+                *mode = fresh.position(self.position.clone())?;
                 *p = fresh;
+                self.dirty = true;
+                self.save(p)?;
                 tracing::info!(
                     message_id = log::RELOAD,
                     "reloaded {}: {} jails",
                     self.config_path.display(),
                     p.config.jails.len()
                 );
+                Ok(p.config.jails.len())
             }
-            Err(e) => {
-                // Re-apply the old ruleset in case setup got half-way: one
-                // batch either committed fully or not at all, so this only
-                // matters if the new setup committed and the journal failed.
-                let _ = self.firewall.setup(&p.config.jails);
-                tracing::error!(
-                    message_id = log::RELOAD,
-                    "reload refused, keeping the running configuration: {e}"
-                );
-            }
-        }
+            Err(e) => Err(e),
+        };
         let _ = sd_notify::notify(&[
             sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status(&self.status(p)),
+            sd_notify::NotifyState::Status(&self.status_line(p)),
         ]);
-        Ok(())
+        outcome
     }
 }
 
-/// A random key for the tracker's rndtime jitter.
-fn seed() -> u64 {
-    let mut buf = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
-    u64::from_ne_bytes(buf) ^ now_micros()
+fn element(ban: &Ban) -> Element {
+    Element {
+        jail: ban.jail,
+        ip: ban.ip,
+        timeout: match ban.bantime {
+            Bantime::For(d) => Some(d),
+            Bantime::Permanent => None,
+        },
+        expires: None,
+    }
 }
