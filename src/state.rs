@@ -225,7 +225,11 @@ mod tests {
         assert!(dir.join("state.json.corrupt").exists());
         assert!(!dir.join("state.json").exists());
         // A file from a newer banjo is set aside too, not misread.
-        fs::write(dir.join("state.json"), br#"{"version":99,"position":null,"bans":[],"history":[]}"#).unwrap();
+        fs::write(
+            dir.join("state.json"),
+            br#"{"version":99,"position":null,"bans":[],"history":[]}"#,
+        )
+        .unwrap();
         assert_eq!(state.load().unwrap(), Snapshot::default());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -149,7 +149,11 @@ impl Tracker {
         }
         let (maxretry, findtime) = (policy.maxretry as usize, policy.findtime);
         let key = (failure.jail, ip);
-        if self.banned.get(&key).is_some_and(|b| failure.time < b.until) {
+        if self
+            .banned
+            .get(&key)
+            .is_some_and(|b| failure.time < b.until)
+        {
             return;
         }
         if self.count(key, failure.time, maxretry, findtime).is_none() {
@@ -159,7 +163,13 @@ impl Tracker {
 
     /// Adds a failure to the window of `key`; `Some(count)` below
     /// maxretry, `None` when it reaches maxretry.
-    fn count(&mut self, key: (JailId, IpAddr), time: Micros, maxretry: usize, findtime: Micros) -> Option<u32> {
+    fn count(
+        &mut self,
+        key: (JailId, IpAddr),
+        time: Micros,
+        maxretry: usize,
+        findtime: Micros,
+    ) -> Option<u32> {
         if self.failures.len() >= MAX_TRACKED && !self.failures.contains_key(&key) {
             evict_oldest(&mut self.failures, |t| t.last().copied());
         }

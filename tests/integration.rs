@@ -11,4 +11,5 @@
 mod util;
 
 mod config;
+mod control;
 mod daemon;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use super::usage;
-use crate::config::{self, Config};
+use crate::config;
 use crate::control::{self, Request, Response};
 
 /// Exit code when the daemon cannot be reached.
@@ -83,17 +83,10 @@ pub fn main(cmd: &str, args: &[String]) -> ExitCode {
         ("stats", []) => Request::Stats,
         _ => return usage(&format!("wrong arguments for {cmd}")),
     };
-    let socket = match &o.socket {
-        Some(s) => s.clone(),
-        None => match Config::load(&o.config) {
-            Ok(c) => c.socket,
-            Err(_) if !o.config.exists() => PathBuf::from("/run/banjo/banjo.sock"),
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(super::EXIT_CONFIG);
-            }
-        },
-    };
+    let socket = o
+        .socket
+        .clone()
+        .unwrap_or_else(|| config::socket_path(&o.config));
     let response = match control::request(&socket, &request) {
         Ok(r) => r,
         Err(e) => {
@@ -155,7 +148,10 @@ fn print_status(data: &Value) {
     let jails: Vec<&Value> = if one {
         vec![data]
     } else {
-        data["jails"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+        data["jails"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
     };
     let width = jails
         .iter()

@@ -167,6 +167,17 @@ impl Config {
     }
 }
 
+/// The control socket named in the file at `path`, read leniently: the
+/// CLI must reach the daemon (to ask it to reload, say) even while the
+/// file holds an error elsewhere. Falls back to the default.
+pub fn socket_path(path: &Path) -> PathBuf {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("daemon")?.get("socket")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/run/banjo/banjo.sock"))
+}
+
 /// Built-in filters: `filter = "NAME"` in a jail.
 struct Builtin {
     name: &'static str,
@@ -247,7 +258,12 @@ impl Resolver<'_> {
         let socket = absolute_path(self, &daemon.socket, "socket", "/run/banjo/banjo.sock")?;
         let socket_group = match &daemon.socket_group {
             Some(g) => Some(lookup_group(g.get_ref()).ok_or_else(|| {
-                self.bad(g.span(), "", "socket_group", format!("no group {:?} on this system", g.get_ref()))
+                self.bad(
+                    g.span(),
+                    "",
+                    "socket_group",
+                    format!("no group {:?} on this system", g.get_ref()),
+                )
             })?),
             None => None,
         };

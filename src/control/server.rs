@@ -60,7 +60,9 @@ impl Server {
             Err(e) => return Err(err("removing the old socket")(e)),
         }
         let listener = UnixListener::bind(path).map_err(err("binding"))?;
-        listener.set_nonblocking(true).map_err(err("setting non-blocking"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(err("setting non-blocking"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
             .map_err(err("setting the mode"))?;
         let group = group.map(Gid::from_raw);
@@ -118,13 +120,11 @@ impl Server {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Groups:"))
-                    .map(|l| {
-                        l["Groups:".len()..]
-                            .split_whitespace()
-                            .any(|g| g.parse::<u32>().ok() == Some(group.as_raw()))
-                    })
+                s.lines().find(|l| l.starts_with("Groups:")).map(|l| {
+                    l["Groups:".len()..]
+                        .split_whitespace()
+                        .any(|g| g.parse::<u32>().ok() == Some(group.as_raw()))
+                })
             })
             .unwrap_or(false)
     }

@@ -147,7 +147,9 @@ impl Daemon {
         let ips = parse_ips(ips)?;
         let jails: Vec<JailId> = match jail {
             Some(name) => vec![p.jail_id(name).ok_or_else(|| unknown_jail(p, name))?],
-            None => (0..p.config.jails.len()).map(|i| JailId(i as u16)).collect(),
+            None => (0..p.config.jails.len())
+                .map(|i| JailId(i as u16))
+                .collect(),
         };
         let mut unbanned = Vec::new();
         for id in jails {

@@ -230,7 +230,10 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
                 Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGHUP) => {
                         if let Err(e) = daemon.reload(&mut pipeline, &mut mode) {
-                            tracing::error!(message_id = log::RELOAD, "reload refused, keeping the running configuration: {e}");
+                            tracing::error!(
+                                message_id = log::RELOAD,
+                                "reload refused, keeping the running configuration: {e}"
+                            );
                         }
                     }
                     Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => break,
@@ -362,7 +365,8 @@ fn restore(p: &mut Pipeline, snapshot: &Snapshot) {
                 .bantime
                 .map_or(Bantime::Permanent, |s| Bantime::For(Duration::from_secs(s)));
             let until = b.until.unwrap_or(Micros::MAX);
-            p.tracker.restore_ban(jail, b.ip, ActiveBan { until, bantime });
+            p.tracker
+                .restore_ban(jail, b.ip, ActiveBan { until, bantime });
         }
     }
     for h in &snapshot.history {
@@ -400,7 +404,8 @@ fn reconcile(fw: &mut Firewall, p: &mut Pipeline, now: Micros) -> Result<(usize,
                     ),
                     None => (Micros::MAX, Bantime::Permanent),
                 };
-                p.tracker.restore_ban(jail, ip, ActiveBan { until, bantime });
+                p.tracker
+                    .restore_ban(jail, ip, ActiveBan { until, bantime });
                 adopted += 1;
             }
         }
