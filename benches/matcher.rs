@@ -45,6 +45,7 @@ fn jail(k: usize) -> Jail {
         ignoreregex,
         input: Default::default(),
         increment: None,
+        ignoreself: false,
         maxretry: 5,
         findtime: Duration::from_secs(600),
         bantime: Bantime::For(Duration::from_secs(3600)),

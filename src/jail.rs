@@ -188,6 +188,8 @@ pub struct Jail {
     pub increment: Option<Increment>,
     /// Addresses never counted nor banned.
     pub ignoreip: Vec<IpNet>,
+    /// `ignoreself`: the host's own addresses are never counted nor banned.
+    pub ignoreself: bool,
     /// Destination ports the ban blocks.
     pub ports: Ports,
     /// Transport protocol of `ports`.

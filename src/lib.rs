@@ -27,6 +27,7 @@ pub mod jail;
 pub mod journal;
 pub mod log;
 pub mod net;
+pub mod own;
 pub mod state;
 pub mod ticket;
 pub mod tracker;

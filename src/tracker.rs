@@ -65,6 +65,14 @@ struct Policy {
     bantime: Bantime,
     increment: Option<Increment>,
     ignoreip: Vec<IpNet>,
+    ignoreself: bool,
+}
+
+impl Policy {
+    fn ignores(&self, ip: IpAddr, own: &[IpAddr]) -> bool {
+        self.ignoreip.iter().any(|net| net.contains(ip))
+            || (self.ignoreself && own.binary_search(&ip).is_ok())
+    }
 }
 
 /// Failure counts, active bans and ban history for every jail.
@@ -79,6 +87,8 @@ pub struct Tracker {
     /// Key for the `bantime_rndtime` jitter, so the unban time cannot be
     /// predicted from the address.
     seed: u64,
+    /// The host's own addresses (sorted), for `ignoreself`.
+    own: Vec<IpAddr>,
 }
 
 impl Tracker {
@@ -93,6 +103,7 @@ impl Tracker {
                 bantime: j.bantime,
                 increment: j.increment.clone(),
                 ignoreip: j.ignoreip.clone(),
+                ignoreself: j.ignoreself,
             })
             .collect();
         Tracker {
@@ -101,14 +112,23 @@ impl Tracker {
             banned: HashMap::new(),
             history: HashMap::new(),
             seed,
+            own: Vec::new(),
         }
     }
 
-    /// Whether `ip` is in the jail's ignoreip.
+    /// Tells the tracker the host's own addresses (for `ignoreself`).
+    pub fn set_own_addresses(&mut self, addresses: &[IpAddr]) {
+        let mut own: Vec<IpAddr> = addresses.iter().map(|a| a.to_canonical()).collect();
+        own.sort();
+        own.dedup();
+        self.own = own;
+    }
+
+    /// Whether `ip` is in the jail's ignoreip (or one of ours, with ignoreself).
     pub fn is_ignored(&self, jail: JailId, ip: IpAddr) -> bool {
         self.policies
             .get(jail.index())
-            .is_some_and(|p| p.ignoreip.iter().any(|net| net.contains(ip)))
+            .is_some_and(|p| p.ignores(ip.to_canonical(), &self.own))
     }
 
     /// Counts one failure; returns the ban when it is the maxretry-th
@@ -118,7 +138,7 @@ impl Tracker {
             return Verdict::IgnoredIp;
         };
         let ip = failure.ip.to_canonical();
-        if policy.ignoreip.iter().any(|net| net.contains(ip)) {
+        if policy.ignores(ip, &self.own) {
             return Verdict::IgnoredIp;
         }
         let (maxretry, findtime) = (policy.maxretry as usize, policy.findtime);
@@ -144,7 +164,7 @@ impl Tracker {
             return;
         };
         let ip = failure.ip.to_canonical();
-        if policy.ignoreip.iter().any(|net| net.contains(ip)) {
+        if policy.ignores(ip, &self.own) {
             return;
         }
         let (maxretry, findtime) = (policy.maxretry as usize, policy.findtime);
@@ -405,6 +425,7 @@ mod tests {
             findtime: Duration::from_secs(findtime),
             bantime,
             ignoreip: ignoreip.iter().map(|s| s.parse().unwrap()).collect(),
+            ignoreself: true,
             ports: Ports::All,
             protocol: Protocol::Tcp,
         }

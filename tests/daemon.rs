@@ -432,3 +432,53 @@ port = "smtp,submission"
         banned_at.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn the_hosts_own_addresses_are_never_banned_even_new_ones() {
+    if !root_or_skip("the_hosts_own_addresses_are_never_banned_even_new_ones") {
+        return;
+    }
+    let ns = Netns::new();
+    ns.exec(
+        "ip",
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+    );
+    ns.exec("ip", &["addr", "add", "192.0.2.1/24", "dev", "d0"]);
+    ns.exec("ip", &["link", "set", "d0", "up"]);
+    let mut journal = JournalDir::new();
+    let dir = TempDir::new("self");
+    let table = unique("t");
+    let list = dir.path().join("trusted.list");
+    std::fs::write(&list, "# office\n198.51.100.0/28\n").unwrap();
+    let jails = format!(
+        r#"
+[jail.self]
+failregex = ['lost connection after AUTH from (.*)\[<HOST>\]']
+maxretry = 1
+ignoreip = "file:{}"
+port = "smtp"
+"#,
+        list.display()
+    );
+    let config = write_config(dir.path(), journal.path(), &table, &jails);
+    journal.append(&Entry::smtpd(
+        now_micros(),
+        "connect from unknown[198.51.100.1]",
+    ));
+    let banjo = Banjo::start(&ns, &config);
+    // An address added while banjo runs is protected at once.
+    ns.exec("ip", &["addr", "add", "2001:db8:5::1/64", "dev", "d0"]);
+    std::thread::sleep(Duration::from_millis(200));
+    for addr in ["192.0.2.1", "2001:db8:5::1", "198.51.100.7", "203.0.113.99"] {
+        journal.append(&Entry::smtpd(now_micros(), &flood(addr)));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || banned_ips(&ns, &table, "self")
+            == sorted(&["203.0.113.99"])),
+        "{:?} {:?}",
+        banned_ips(&ns, &table, "self"),
+        banjo.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(banned_ips(&ns, &table, "self"), sorted(&["203.0.113.99"]));
+}

@@ -475,6 +475,12 @@ impl Resolver<'_> {
         let mut ignoreip = Vec::new();
         if let Some(v) = pick(&jail.ignoreip, &defaults.ignoreip) {
             for word in v.get_ref().words() {
+                if let Some(file) = word.strip_prefix("file:") {
+                    let nets = read_ip_list(Path::new(file))
+                        .map_err(|reason| self.bad(v.span(), name, "ignoreip", reason))?;
+                    ignoreip.extend(nets);
+                    continue;
+                }
                 let net: IpNet = word.parse().map_err(|e: crate::net::ParseIpNetError| {
                     self.bad(v.span(), name, "ignoreip", e.to_string())
                 })?;
@@ -545,6 +551,7 @@ impl Resolver<'_> {
             bantime,
             increment,
             ignoreip,
+            ignoreself: pick(&jail.ignoreself, &defaults.ignoreself).map_or(true, |v| *v.get_ref()),
             ports,
             protocol,
         };
@@ -764,6 +771,26 @@ pub fn parse_journalmatch<'a>(
         g.sort();
     }
     Ok(JournalMatch { groups })
+}
+
+/// An `ignoreip = "file:PATH"` list: one address or network per line,
+/// `#` comments and blank lines allowed.
+fn read_ip_list(path: &Path) -> Result<Vec<IpNet>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut nets = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        for word in line.split_whitespace() {
+            let net = word
+                .parse::<IpNet>()
+                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+            nets.push(net);
+        }
+    }
+    Ok(nets)
 }
 
 /// A group's gid by name (or a number).

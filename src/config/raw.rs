@@ -71,6 +71,7 @@ pub struct RawJail {
     pub bantime_rndtime: Option<Spanned<DurationValue>>,
     pub bantime_overalljails: Option<Spanned<bool>>,
     pub ignoreip: Option<Spanned<Words>>,
+    pub ignoreself: Option<Spanned<bool>>,
     pub port: Option<Spanned<Words>>,
     pub allports: Option<Spanned<bool>>,
     pub protocol: Option<Spanned<String>>,

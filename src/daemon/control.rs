@@ -113,6 +113,11 @@ impl Daemon {
             None => None,
         };
         let ips = parse_ips(ips)?;
+        if let Some(ip) = ips.iter().find(|ip| p.tracker.is_ignored(id, **ip)) {
+            return Err(format!(
+                "{ip} is in jail {jail}'s ignoreip (or is this host's own address): not banned"
+            ));
+        }
         let now = now_micros();
         let bans: Vec<_> = ips
             .iter()

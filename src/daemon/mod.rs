@@ -31,6 +31,7 @@ use crate::firewall::{Element, Firewall};
 use crate::jail::{Bantime, JailId, JailSet, JournalMatch};
 use crate::journal::Journal;
 use crate::log;
+use crate::own::OwnAddresses;
 use crate::state::{Position, SavedBan, SavedHistory, Snapshot, State};
 use crate::ticket::{Ban, Failure, Micros};
 use crate::tracker::{ActiveBan, History, Tracker, Verdict};
@@ -126,7 +127,12 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     let state = State::open(&config.state_dir)?;
     let snapshot = state.load()?;
     let control = crate::control::Server::bind(&config.socket, config.socket_group)?;
+    let mut own = OwnAddresses::open().map_err(|source| Error::System {
+        what: "watching the host's addresses",
+        source,
+    })?;
     let mut pipeline = Pipeline::build(config)?;
+    pipeline.tracker.set_own_addresses(own.addresses());
     restore(&mut pipeline, &snapshot);
     let (restored, adopted) = reconcile(&mut firewall, &mut pipeline, now_micros())?;
     let mut mode = pipeline.position(snapshot.position.clone())?;
@@ -194,6 +200,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
             PollFd::new(journal_fd, PollFlags::POLLIN),
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(control.as_fd(), PollFlags::POLLIN),
+            PollFd::new(own.as_fd(), PollFlags::POLLIN),
         ];
         let poll_timeout = match timeout {
             Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32)
@@ -211,8 +218,16 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
             }
         }
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        let (journal_ready, signal_ready, control_ready) =
-            (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
+        let (journal_ready, signal_ready, control_ready, own_ready) = (
+            ready(&fds[0]),
+            ready(&fds[1]),
+            ready(&fds[2]),
+            ready(&fds[3]),
+        );
+        if own_ready && own.changed() {
+            tracing::debug!("own addresses now {:?}", own.addresses());
+            pipeline.tracker.set_own_addresses(own.addresses());
+        }
         if journal_ready {
             pipeline.journal.process()?;
         }
@@ -222,6 +237,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
             daemon.drain(&mut pipeline, &mut mode)?;
             while let Some((mut conn, peer, request)) = control.accept() {
                 let response = daemon.handle(&mut pipeline, &mut mode, &peer, request);
+                pipeline.tracker.set_own_addresses(own.addresses());
                 conn.reply(&response);
             }
         }
@@ -229,7 +245,9 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
             match signals.read_signal() {
                 Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGHUP) => {
-                        if let Err(e) = daemon.reload(&mut pipeline, &mut mode) {
+                        let reloaded = daemon.reload(&mut pipeline, &mut mode);
+                        pipeline.tracker.set_own_addresses(own.addresses());
+                        if let Err(e) = reloaded {
                             tracing::error!(
                                 message_id = log::RELOAD,
                                 "reload refused, keeping the running configuration: {e}"

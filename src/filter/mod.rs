@@ -543,6 +543,7 @@ mod tests {
             ignoreregex: ignoreregex.iter().map(|s| s.to_string()).collect(),
             input: Default::default(),
             increment: None,
+            ignoreself: false,
             maxretry: 3,
             findtime: Duration::from_secs(600),
             bantime: Bantime::For(Duration::from_secs(3600)),

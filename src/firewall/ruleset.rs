@@ -455,6 +455,7 @@ mod tests {
             ignoreregex: vec![],
             input: Default::default(),
             increment: None,
+            ignoreself: false,
             maxretry: 3,
             findtime: Duration::from_secs(600),
             bantime: Bantime::For(Duration::from_secs(600)),
