@@ -66,6 +66,9 @@ pub struct Entry<'a> {
     pub time: Micros,
     /// Bit `i` is set when the entry satisfies `matches[i]` given to [`Journal::open`].
     pub matched: u64,
+    /// The line fail2ban's systemd backend would build from the entry,
+    /// `HOSTNAME IDENT[PID]: MESSAGE`; empty unless asked for at open.
+    pub line: &'a [u8],
 }
 
 /// The journal reader.
@@ -77,11 +80,15 @@ pub struct Journal {
     /// This entry's value of each of `fields` (`None`: absent), buffers reused.
     values: Vec<(bool, Vec<u8>)>,
     message: Vec<u8>,
+    /// Whether to build [`Entry::line`] (only fail2ban filters need it).
+    want_line: bool,
+    line: Vec<u8>,
 }
 
 impl Journal {
-    /// Opens `source` filtered to the OR of `matches` (at most [`MAX_MATCHES`]).
-    pub fn open(source: &Source, matches: &[JournalMatch]) -> Result<Journal, Error> {
+    /// Opens `source` filtered to the OR of `matches` (at most
+    /// [`MAX_MATCHES`]); `want_line` makes each entry carry fail2ban's line.
+    pub fn open(source: &Source, matches: &[JournalMatch], want_line: bool) -> Result<Journal, Error> {
         if matches.len() > MAX_MATCHES {
             return Err(Error {
                 step: "adding journal matches".into(),
@@ -137,6 +144,8 @@ impl Journal {
             fields,
             values,
             message: Vec::with_capacity(4096),
+            want_line,
+            line: Vec::new(),
         })
     }
 
@@ -251,10 +260,47 @@ impl Journal {
                 matched |= 1 << i;
             }
         }
+        self.line.clear();
+        if self.want_line {
+            self.build_line();
+        }
         Ok(Some(Entry {
             message: &self.message,
             time,
             matched,
+            line: &self.line,
         }))
+    }
+
+    /// `HOSTNAME IDENT[PID]: MESSAGE`, as fail2ban's systemd backend
+    /// formats an entry: the identifier falls back to `_COMM`, the pid to
+    /// `_PID`; without a pid the brackets are left out.
+    fn build_line(&mut self) {
+        let mut field = |names: &[&str]| -> Vec<u8> {
+            for name in names {
+                if let Ok(Some(f)) = self.handle.get_data(*name) {
+                    if let Some(v) = f.value() {
+                        return v.to_vec();
+                    }
+                }
+            }
+            Vec::new()
+        };
+        let host = field(&["_HOSTNAME"]);
+        let ident = field(&["SYSLOG_IDENTIFIER", "_COMM"]);
+        let pid = field(&["SYSLOG_PID", "_PID"]);
+        let line = &mut self.line;
+        if !host.is_empty() {
+            line.extend_from_slice(&host);
+            line.push(b' ');
+        }
+        line.extend_from_slice(&ident);
+        if !pid.is_empty() {
+            line.push(b'[');
+            line.extend_from_slice(&pid);
+            line.push(b']');
+        }
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(&self.message);
     }
 }

@@ -329,7 +329,11 @@ impl Pipeline {
             };
             jails_of_match[at].insert(JailId(i as u16));
         }
-        let journal = Journal::open(&config.journal, &matches)?;
+        let want_line = config
+            .jails
+            .iter()
+            .any(|j| j.input == crate::jail::FilterInput::Fail2banLine);
+        let journal = Journal::open(&config.journal, &matches, want_line)?;
         Ok(Pipeline {
             config,
             filter,
