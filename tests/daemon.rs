@@ -482,3 +482,37 @@ port = "smtp"
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(banned_ips(&ns, &table, "self"), sorted(&["203.0.113.99"]));
 }
+
+#[test]
+fn without_cap_net_admin_one_clear_line_and_exit_1() {
+    if !root_or_skip("without_cap_net_admin_one_clear_line_and_exit_1") {
+        return;
+    }
+    let ns = Netns::new();
+    let journal = JournalDir::new();
+    let dir = TempDir::new("nocap");
+    let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let config = write_config(dir.path(), journal.path(), &unique("t"), LIVE_JAIL);
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = ns
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(banjo_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("BANJO_LOG_STDERR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("CAP_NET_ADMIN"), "{lines:?}");
+}
