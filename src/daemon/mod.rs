@@ -71,10 +71,15 @@ pub enum Error {
 /// How many bans may wait before they are flushed mid-backlog, bounding
 /// both latency and batch size while a long backlog is read.
 const FLUSH_AT: usize = 4096;
-/// How long after the last entry the journal is still polled on a timer.
-const ACTIVE_FOR: Duration = Duration::from_secs(2);
-/// The polling period while active.
+/// After an entry, the journal is read every `ACTIVE_POLL` for
+/// `ACTIVE_FOR`, then every `WARM_POLL` until `WARM_FOR` has passed: the
+/// next failure of an attack usually follows within seconds, and a read of
+/// an unchanged journal costs a syscall or two. Past that, banjo waits on
+/// the fd alone (and on journald's ~250 ms notification delay).
+const ACTIVE_FOR: Duration = Duration::from_secs(1);
 const ACTIVE_POLL: Duration = Duration::from_millis(2);
+const WARM_FOR: Duration = Duration::from_secs(30);
+const WARM_POLL: Duration = Duration::from_millis(10);
 /// How often the state is saved while it changes.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How often stale failures are forgotten.
@@ -183,11 +188,10 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         let mut timeout: Option<Duration> =
             watchdog.map(|p| p.saturating_sub(now.duration_since(last_watchdog)));
         let mut shorten = |t: Duration| timeout = Some(timeout.map_or(t, |x| x.min(t)));
-        if daemon
-            .last_entry
-            .is_some_and(|t| now.duration_since(t) < ACTIVE_FOR)
-        {
-            shorten(ACTIVE_POLL);
+        match daemon.last_entry.map(|t| now.duration_since(t)) {
+            Some(quiet) if quiet < ACTIVE_FOR => shorten(ACTIVE_POLL),
+            Some(quiet) if quiet < WARM_FOR => shorten(WARM_POLL),
+            _ => {}
         }
         if daemon.dirty {
             shorten(SAVE_EVERY);
