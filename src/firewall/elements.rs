@@ -1,14 +1,19 @@
 //! Set elements on the wire: NEWSETELEM/DELSETELEM encoding with
-//! per-element TIMEOUT and EXPIRATION, and the parser for GETSETELEM dumps.
+//! per-element TIMEOUT and EXPIRATION, interval ends for prefixes, and the
+//! parser for GETSETELEM dumps and DELSETELEM notifications.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
+use crate::net::IpNet;
+
 use super::netlink::{
-    be64, Attrs, Batch, Malformed, MsgBuf, NFPROTO_INET, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
-    NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
-    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_SET_ID, NFTA_SET_ELEM_LIST_TABLE,
-    NFTA_SET_ELEM_TIMEOUT, NFT_MSG_NEWSETELEM, NLM_F_CREATE,
+    be32, be64, string, Attrs, Batch, Malformed, MsgBuf, NFPROTO_INET, NFTA_COUNTER_BYTES,
+    NFTA_COUNTER_PACKETS, NFTA_DATA_VALUE, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS, NFTA_SET_ELEM_FLAGS,
+    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_SET_ID, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NFT_MSG_NEWSETELEM,
+    NFT_SET_ELEM_INTERVAL_END, NLM_F_CREATE,
 };
 use super::Listed;
 
@@ -29,11 +34,43 @@ pub(crate) struct Item {
     pub(crate) ttl: Option<(u64, u64)>,
 }
 
+/// One element as encoded: key bytes, `(timeout, expiration)` in ms, and
+/// whether it is the end marker of an interval (the first address past it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wire {
+    /// The key, in network byte order.
+    pub(crate) key: Vec<u8>,
+    /// `(timeout, expiration)` in milliseconds; `None` = none sent.
+    pub(crate) ttl: Option<(u64, u64)>,
+    /// NFT_SET_ELEM_INTERVAL_END: this element closes the interval before it.
+    pub(crate) end: bool,
+}
+
+impl Wire {
+    /// A plain element: an address with optional timeouts.
+    pub(crate) fn key(key: Vec<u8>, ttl: Option<(u64, u64)>) -> Wire {
+        Wire {
+            key,
+            ttl,
+            end: false,
+        }
+    }
+}
+
 /// Writes one element (an `NFTA_LIST_ELEM`) with key and optional timeouts.
+#[cfg(test)]
 pub(crate) fn put_elem(buf: &mut MsgBuf, key: &[u8], ttl: Option<(u64, u64)>) {
+    put_wire(buf, &Wire::key(key.to_vec(), ttl));
+}
+
+/// Writes one element (an `NFTA_LIST_ELEM`).
+pub(crate) fn put_wire(buf: &mut MsgBuf, w: &Wire) {
     let e = buf.begin_nest(NFTA_LIST_ELEM);
-    buf.put_data(NFTA_SET_ELEM_KEY, key);
-    if let Some((timeout, expiration)) = ttl {
+    buf.put_data(NFTA_SET_ELEM_KEY, &w.key);
+    if w.end {
+        buf.put_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+    }
+    if let Some((timeout, expiration)) = w.ttl {
         buf.put_be64(NFTA_SET_ELEM_TIMEOUT, timeout);
         buf.put_be64(NFTA_SET_ELEM_EXPIRATION, expiration);
     }
@@ -49,7 +86,7 @@ pub(crate) fn push_message(
     table: &str,
     set: &str,
     set_id: Option<u32>,
-    keys: &mut dyn Iterator<Item = (Vec<u8>, Option<(u64, u64)>)>,
+    elems: &mut dyn Iterator<Item = Wire>,
     step: String,
 ) {
     let flags = if msg == NFT_MSG_NEWSETELEM {
@@ -65,8 +102,8 @@ pub(crate) fn push_message(
         buf.put_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
     }
     let n = buf.begin_nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-    for (key, ttl) in keys {
-        put_elem(buf, &key, ttl);
+    for w in elems {
+        put_wire(buf, &w);
     }
     buf.end_nest(n);
     batch.end(m);
@@ -80,8 +117,38 @@ pub(crate) fn key_of(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Parses the attributes of one NEWSETELEM dump message into `out`.
-pub(crate) fn parse_dump(attrs: Attrs<'_>, out: &mut Vec<Listed>) -> Result<(), Malformed> {
+/// One element as the kernel reports it, before it becomes a [`Listed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    /// The key.
+    pub(crate) ip: IpAddr,
+    /// Whether the element is an interval end marker.
+    pub(crate) end: bool,
+    /// Total timeout; `None` = permanent.
+    pub(crate) timeout: Option<Duration>,
+    /// Time left; `None` = permanent.
+    pub(crate) expires: Option<Duration>,
+    /// Packets counted by the element's counter (0 without one).
+    pub(crate) packets: u64,
+    /// Bytes counted by the element's counter (0 without one).
+    pub(crate) bytes: u64,
+}
+
+impl From<Parsed> for Listed {
+    fn from(p: Parsed) -> Listed {
+        Listed {
+            ip: p.ip,
+            timeout: p.timeout,
+            expires: p.expires,
+            packets: p.packets,
+            bytes: p.bytes,
+        }
+    }
+}
+
+/// Parses the attributes of one NEWSETELEM dump message (or a DELSETELEM
+/// or NEWSETELEM notification) into `out`.
+pub(crate) fn parse_dump(attrs: Attrs<'_>, out: &mut Vec<Parsed>) -> Result<(), Malformed> {
     for attr in attrs {
         let (ty, data) = attr?;
         if ty != NFTA_SET_ELEM_LIST_ELEMENTS {
@@ -97,10 +164,12 @@ pub(crate) fn parse_dump(attrs: Attrs<'_>, out: &mut Vec<Listed>) -> Result<(), 
     Ok(())
 }
 
-fn parse_elem(data: &[u8]) -> Result<Listed, Malformed> {
+fn parse_elem(data: &[u8]) -> Result<Parsed, Malformed> {
     let mut ip = None;
     let mut timeout = None;
     let mut expires = None;
+    let mut end = false;
+    let (mut packets, mut bytes) = (0, 0);
     for attr in Attrs::new(data) {
         let (ty, data) = attr?;
         match ty {
@@ -112,8 +181,19 @@ fn parse_elem(data: &[u8]) -> Result<Listed, Malformed> {
                     }
                 }
             }
+            NFTA_SET_ELEM_FLAGS => end = be32(data)? & NFT_SET_ELEM_INTERVAL_END != 0,
             NFTA_SET_ELEM_TIMEOUT => timeout = Some(be64(data)?),
             NFTA_SET_ELEM_EXPIRATION => expires = Some(be64(data)?),
+            // One expression comes alone, several as a list.
+            NFTA_SET_ELEM_EXPR => counter_of(data, &mut packets, &mut bytes)?,
+            NFTA_SET_ELEM_EXPRESSIONS => {
+                for item in Attrs::new(data) {
+                    let (ty, expr) = item?;
+                    if ty == NFTA_LIST_ELEM {
+                        counter_of(expr, &mut packets, &mut bytes)?;
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -126,11 +206,101 @@ fn parse_elem(data: &[u8]) -> Result<Listed, Malformed> {
     } else {
         None
     };
-    Ok(Listed {
+    Ok(Parsed {
         ip,
+        end,
         timeout,
         expires,
+        packets,
+        bytes,
     })
+}
+
+/// Reads a `counter` expression (`NFTA_EXPR_NAME`, `NFTA_EXPR_DATA`
+/// { BYTES, PACKETS }); other expressions are ignored.
+fn counter_of(expr: &[u8], packets: &mut u64, bytes: &mut u64) -> Result<(), Malformed> {
+    let mut is_counter = false;
+    let mut data = None;
+    for attr in Attrs::new(expr) {
+        let (ty, value) = attr?;
+        match ty {
+            NFTA_EXPR_NAME => is_counter = string(value)? == "counter",
+            NFTA_EXPR_DATA => data = Some(value),
+            _ => {}
+        }
+    }
+    if let (true, Some(data)) = (is_counter, data) {
+        for attr in Attrs::new(data) {
+            let (ty, value) = attr?;
+            match ty {
+                NFTA_COUNTER_PACKETS => *packets = be64(value)?,
+                NFTA_COUNTER_BYTES => *bytes = be64(value)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The elements of one IPv6 prefix in an interval set: its first address
+/// with the timeouts, then the end marker at the first address past it
+/// (left out when the prefix reaches the top of the address space, which
+/// the kernel reads as "to the end").
+pub(crate) fn prefix_wires(start: Ipv6Addr, prefix: u8, ttl: Option<(u64, u64)>) -> Vec<Wire> {
+    let first = u128::from(start);
+    let mut out = vec![Wire::key(first.to_be_bytes().to_vec(), ttl)];
+    let size = 1u128.checked_shl(128 - u32::from(prefix.min(128)));
+    if let Some(end) = size.and_then(|n| first.checked_add(n)) {
+        out.push(Wire {
+            key: end.to_be_bytes().to_vec(),
+            ttl: None,
+            end: true,
+        });
+    }
+    out
+}
+
+/// Pairs the elements of an IPv6 interval set into prefixes: each start
+/// with the end marker that follows it in address order. Intervals that
+/// are not a CIDR prefix (banjo never writes those) are skipped.
+pub(crate) fn pair_prefixes(mut elems: Vec<Parsed>) -> Vec<(IpNet, Parsed)> {
+    let key = |p: &Parsed| match p.ip {
+        IpAddr::V6(a) => u128::from(a),
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+    };
+    // Ends sort before starts at the same address: an end closes the
+    // interval below it.
+    elems.sort_by_key(|p| (key(p), !p.end));
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < elems.len() {
+        let start = elems[i];
+        i += 1;
+        if start.end {
+            continue;
+        }
+        let first = key(&start);
+        let size = match elems.get(i) {
+            Some(next) if next.end => {
+                i += 1;
+                key(next).wrapping_sub(first)
+            }
+            // No end marker: the interval runs to the top of the space.
+            _ => (u128::MAX - first).wrapping_add(1),
+        };
+        let prefix = if size == 0 {
+            Some(0) // the whole space: 2^128 wraps to 0
+        } else if size.is_power_of_two() {
+            u8::try_from(128 - size.trailing_zeros()).ok()
+        } else {
+            None
+        };
+        let net = prefix.and_then(|p| IpNet::new(IpAddr::V6(Ipv6Addr::from(first)), p));
+        if let Some(net) = net.filter(|n| n.addr() == IpAddr::V6(Ipv6Addr::from(first))) {
+            out.push((net, start));
+        }
+    }
+    out
 }
 
 fn ip_of(value: &[u8]) -> Result<IpAddr, Malformed> {
@@ -152,6 +322,15 @@ mod tests {
         v.to_ne_bytes()
     }
 
+    /// Writes an expression's NAME and DATA { BYTES, PACKETS }.
+    fn counter(buf: &mut MsgBuf, name: &str, packets: u64, bytes: u64) {
+        buf.put_str(NFTA_EXPR_NAME, name);
+        let d = buf.begin_nest(NFTA_EXPR_DATA);
+        buf.put_be64(NFTA_COUNTER_BYTES, bytes);
+        buf.put_be64(NFTA_COUNTER_PACKETS, packets);
+        buf.end_nest(d);
+    }
+
     /// The exact bytes of one NEWSETELEM for 192.0.2.1, timeout 600 s,
     /// expiration 30 s, in table "t", set "j_v4".
     #[test]
@@ -164,7 +343,7 @@ mod tests {
             "t",
             "j_v4",
             None,
-            &mut std::iter::once((key_of(ip), Some((600_000, 30_000)))),
+            &mut std::iter::once(Wire::key(key_of(ip), Some((600_000, 30_000)))),
             "step".into(),
         );
         let bytes = b.finish_for_test();
@@ -215,7 +394,7 @@ mod tests {
             "t",
             "j_v6",
             None,
-            &mut std::iter::once((key_of(ip), None)),
+            &mut std::iter::once(Wire::key(key_of(ip), None)),
             "step".into(),
         );
         let bytes = b.finish_for_test();
@@ -225,17 +404,21 @@ mod tests {
         parse_dump(m.nft_attrs().unwrap(), &mut out).unwrap();
         assert_eq!(
             out,
-            vec![Listed {
+            vec![Parsed {
                 ip,
+                end: false,
                 timeout: None,
-                expires: None
+                expires: None,
+                packets: 0,
+                bytes: 0,
             }]
         );
     }
 
-    /// A hand-made dump message: one IPv4 element with TIMEOUT and
-    /// EXPIRATION, one IPv6 element with neither, plus an attribute the
-    /// parser must skip.
+    /// A hand-made dump message: one IPv4 element with TIMEOUT, EXPIRATION
+    /// and a counter (as one NFTA_SET_ELEM_EXPR), one IPv6 element with
+    /// neither but a counter in an NFTA_SET_ELEM_EXPRESSIONS list next to
+    /// another expression, plus an attribute the parser must skip.
     fn dump_message() -> Vec<u8> {
         let mut buf = MsgBuf::new();
         let m = buf.begin_nft(NFT_MSG_NEWSETELEM, 0x2, 5, NFPROTO_INET);
@@ -246,13 +429,24 @@ mod tests {
         buf.put_data(NFTA_SET_ELEM_KEY, &[10, 1, 2, 3]);
         buf.put_be64(NFTA_SET_ELEM_TIMEOUT, 3_600_000);
         buf.put_be64(NFTA_SET_ELEM_EXPIRATION, 1_234_567);
-        buf.put_be32(3, 0); // NFTA_SET_ELEM_FLAGS: ignored
+        buf.put_be32(NFTA_SET_ELEM_FLAGS, 0);
+        buf.put(99, &[1, 2, 3]); // unknown: skipped
+        let x = buf.begin_nest(NFTA_SET_ELEM_EXPR);
+        counter(&mut buf, "counter", 7, 420);
+        buf.end_nest(x);
         buf.end_nest(e);
-        put_elem(
-            &mut buf,
-            &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
-            None,
-        );
+        let e = buf.begin_nest(NFTA_LIST_ELEM);
+        let v6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        buf.put_data(NFTA_SET_ELEM_KEY, &v6);
+        let list = buf.begin_nest(NFTA_SET_ELEM_EXPRESSIONS);
+        let x = buf.begin_nest(NFTA_LIST_ELEM);
+        counter(&mut buf, "quota", 1000, 1000); // not a counter: ignored
+        buf.end_nest(x);
+        let x = buf.begin_nest(NFTA_LIST_ELEM);
+        counter(&mut buf, "counter", 2, 120);
+        buf.end_nest(x);
+        buf.end_nest(list);
+        buf.end_nest(e);
         buf.end_nest(n);
         buf.end_msg(m);
         buf.bytes().to_vec()
@@ -264,18 +458,23 @@ mod tests {
         let m = Messages::new(&bytes).next().unwrap().unwrap();
         let mut out = Vec::new();
         parse_dump(m.nft_attrs().unwrap(), &mut out).unwrap();
+        let listed: Vec<Listed> = out.into_iter().map(Listed::from).collect();
         assert_eq!(
-            out,
+            listed,
             vec![
                 Listed {
                     ip: "10.1.2.3".parse().unwrap(),
                     timeout: Some(Duration::from_secs(3600)),
                     expires: Some(Duration::from_millis(1_234_567)),
+                    packets: 7,
+                    bytes: 420,
                 },
                 Listed {
                     ip: "2001:db8::9".parse().unwrap(),
                     timeout: None,
                     expires: None,
+                    packets: 2,
+                    bytes: 120,
                 },
             ]
         );
@@ -336,10 +535,81 @@ mod tests {
             &"t".repeat(64),
             &name,
             None,
-            &mut (0..ELEMS_PER_MSG).map(|_| (key_of(ip), Some((u64::MAX, u64::MAX)))),
+            &mut (0..ELEMS_PER_MSG).map(|_| Wire::key(key_of(ip), Some((u64::MAX, u64::MAX)))),
             "step".into(),
         );
         assert!(b.len() < MAX_ELEM_MSG);
         assert!(b.buf().check().is_ok());
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    /// Parses what `prefix_wires` writes, as the kernel would list it.
+    fn as_parsed(wires: &[Wire]) -> Vec<Parsed> {
+        wires
+            .iter()
+            .map(|w| Parsed {
+                ip: ip_of(&w.key).unwrap(),
+                end: w.end,
+                timeout: w.ttl.map(|t| Duration::from_millis(t.0)),
+                expires: w.ttl.map(|t| Duration::from_millis(t.1)),
+                packets: 0,
+                bytes: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefixes_become_start_and_end_and_pair_back() {
+        let w = prefix_wires(v6("2001:db8:1::"), 64, Some((60_000, 30_000)));
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            w[0],
+            Wire::key(v6("2001:db8:1::").octets().to_vec(), Some((60_000, 30_000)))
+        );
+        assert_eq!(w[1].key, v6("2001:db8:1:1::").octets().to_vec());
+        assert!(w[1].end && w[1].ttl.is_none());
+        // The top of the space has no end marker; ::/0 neither.
+        assert_eq!(prefix_wires(v6("ffff::"), 16, None).len(), 1);
+        assert_eq!(prefix_wires(v6("::"), 0, None).len(), 1);
+        assert_eq!(prefix_wires(v6("2001:db8::1"), 128, None).len(), 2);
+
+        // Listed in any order, with a stray end marker and a non-CIDR
+        // interval (3 addresses) that are skipped.
+        let mut all = Vec::new();
+        for (a, p) in [("ffff::", 16), ("2001:db8:1::", 64), ("2001:db8::1", 128)] {
+            all.extend(as_parsed(&prefix_wires(v6(a), p, Some((1000, 1000)))));
+        }
+        all.extend(as_parsed(&[
+            Wire::key(v6("2001:db8:9::").octets().to_vec(), None),
+            Wire {
+                key: v6("2001:db8:9::3").octets().to_vec(),
+                ttl: None,
+                end: true,
+            },
+            Wire {
+                key: v6("3000::").octets().to_vec(),
+                ttl: None,
+                end: true,
+            },
+        ]));
+        all.reverse();
+        let nets: Vec<IpNet> = pair_prefixes(all).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            nets,
+            vec![
+                net("2001:db8::1/128"),
+                net("2001:db8:1::/64"),
+                net("ffff::/16")
+            ]
+        );
+        let whole = as_parsed(&prefix_wires(v6("::"), 0, None));
+        assert_eq!(pair_prefixes(whole)[0].0, net("::/0"));
     }
 }

@@ -5,15 +5,32 @@
 //!
 //! ```text
 //! table inet banjo {
-//!     set <jail>_v4 { type ipv4_addr; flags timeout; }   # one pair per jail,
-//!     set <jail>_v6 { type ipv6_addr; flags timeout; }   # no default timeout
+//!     set <jail>_v4 { type ipv4_addr; flags timeout; counter; }   # three per
+//!     set <jail>_v6 { type ipv6_addr; flags timeout; counter; }   # jail, no
+//!     set <jail>_v6net { type ipv6_addr; flags interval,timeout; counter; }
 //!     chain input {
 //!         type filter hook input priority filter - 1; policy accept;
-//!         ip saddr @<jail>_v4 tcp dport { 25, 465, 587 } reject with tcp reset
+//!         tcp dport { 25, 465, 587 } ip saddr @<jail>_v4 reject with tcp reset
 //!         ...                                            # see `ruleset`
 //!     }
 //! }
 //! ```
+//!
+//! Counters: every element of a set created by this version counts the
+//! packets and bytes its jail's rules rejected ([`Listed::packets`]). A
+//! set's expressions cannot be changed in place, and a set created by an
+//! earlier banjo without the counter is kept as it is (dropping it would
+//! drop its bans): its elements report 0 until the set is recreated, e.g.
+//! by `delete_table` and a fresh setup. [`Firewall::has_counters`] tells.
+//!
+//! Prefixes: `<jail>_v6net` holds IPv6 prefix bans as intervals (a start
+//! element with the timeouts and an end marker at the first address past
+//! the prefix, as nft encodes `2001:db8::/64`), see
+//! [`Firewall::add_prefixes`].
+//!
+//! Self-healing: [`Firewall::watch`] reports changes other processes make
+//! to the table (`nft flush ruleset`, a deleted ban, ...), and
+//! [`Firewall::verify`] checks that everything is still in place.
 //!
 //! A ban is a set element with TIMEOUT and EXPIRATION (or neither, for a
 //! permanent ban); the kernel unbans by itself when it expires, so banjo
@@ -45,23 +62,32 @@
 mod elements;
 mod netlink;
 mod ruleset;
+mod watch;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::errno::Errno;
 
 use crate::jail::{Jail, JailId, Ports};
-use elements::{key_of, parse_dump, push_message, Item, ELEMS_PER_MSG, MAX_ELEM_MSG};
-use netlink::{
-    string, Batch, BatchError, RequestError, Socket, NFPROTO_INET, NFPROTO_UNSPEC, NFTA_CHAIN_NAME,
-    NFTA_CHAIN_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_FLAGS,
-    NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_TABLE_NAME, NFT_MSG_DELSETELEM, NFT_MSG_DELTABLE,
-    NFT_MSG_GETCHAIN, NFT_MSG_GETGEN, NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_NEWCHAIN,
-    NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_SET_ANONYMOUS,
+use crate::net::IpNet;
+use elements::{
+    key_of, pair_prefixes, parse_dump, prefix_wires, push_message, Item, Parsed, Wire,
+    ELEMS_PER_MSG, MAX_ELEM_MSG,
 };
-use ruleset::{encode_setup, set_name, Family};
+use netlink::{
+    string, Attrs, Batch, BatchError, Listener, RequestError, Socket, NFPROTO_INET, NFPROTO_UNSPEC,
+    NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_EXPR_NAME, NFTA_LIST_ELEM, NFTA_RULE_CHAIN,
+    NFTA_RULE_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_EXPR,
+    NFTA_SET_EXPRESSIONS, NFTA_SET_FLAGS, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_TABLE_NAME,
+    NFT_MSG_DELSETELEM, NFT_MSG_DELTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETGEN, NFT_MSG_GETRULE,
+    NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_GETTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWGEN,
+    NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE, NFT_SET_ANONYMOUS,
+};
+use ruleset::{encode_setup, set_name, Existing, Family};
+pub use watch::{Change, Watch};
 
 /// The name of the base chain banjo owns in its table.
 pub const CHAIN: &str = ruleset::CHAIN;
@@ -69,18 +95,20 @@ pub const CHAIN: &str = ruleset::CHAIN;
 /// The default table name: `inet banjo`.
 pub const DEFAULT_TABLE: &str = "banjo";
 
-/// The reply type of NFT_MSG_GETGEN.
-const NFT_MSG_NEWGEN: u8 = 15;
-
 /// How often [`Firewall::remove`] retries after a ban vanished under it.
 const REMOVE_ATTEMPTS: usize = 3;
 
-/// The names of a jail's two sets: `(<jail>_v4, <jail>_v6)`.
+/// The names of a jail's two address sets: `(<jail>_v4, <jail>_v6)`.
 pub fn set_names(jail_name: &str) -> (String, String) {
     (
         set_name(jail_name, Family::V4),
         set_name(jail_name, Family::V6),
     )
+}
+
+/// The name of a jail's IPv6 prefix set: `<jail>_v6net`.
+pub fn prefix_set_name(jail_name: &str) -> String {
+    set_name(jail_name, Family::V6Net)
 }
 
 /// Whether `name` is usable as a jail or table name: `[A-Za-z0-9_.-]{1,64}`.
@@ -114,6 +142,41 @@ pub struct Listed {
     pub timeout: Option<Duration>,
     /// Time left before the kernel drops it; `None` = permanent.
     pub expires: Option<Duration>,
+    /// Packets the jail's rules rejected from this address while banned;
+    /// a re-ban keeps the count where the kernel updates the element in
+    /// place (Linux ≥ 6.12) and restarts it otherwise. 0 if its set has no
+    /// counters (made by an earlier banjo, see [`Firewall::has_counters`]).
+    pub packets: u64,
+    /// Bytes of those packets; 0 if its set has no counters.
+    pub bytes: u64,
+}
+
+/// One IPv6 prefix ban to put into a jail's `<jail>_v6net` set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixElement {
+    /// The jail whose prefix set receives the network.
+    pub jail: JailId,
+    /// The banned network; must be IPv6.
+    pub net: IpNet,
+    /// How long the ban lasts in total; `None` = permanent.
+    pub timeout: Option<Duration>,
+    /// Time left; `None` = the full `timeout`. Clamped to `1 ms..=timeout`.
+    pub expires: Option<Duration>,
+}
+
+/// One IPv6 prefix ban as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedPrefix {
+    /// The banned network.
+    pub net: IpNet,
+    /// The element's total timeout; `None` = permanent.
+    pub timeout: Option<Duration>,
+    /// Time left before the kernel drops it; `None` = permanent.
+    pub expires: Option<Duration>,
+    /// Packets the jail's rules rejected from the network; 0 without counters.
+    pub packets: u64,
+    /// Bytes of those packets; 0 without counters.
+    pub bytes: u64,
 }
 
 /// A failed firewall operation; each names the step that failed.
@@ -200,6 +263,17 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// An element's `(timeout, expiration)` in ms; `None` = permanent.
+type Ttl = Option<(u64, u64)>;
+
+/// The wire timeouts of a ban: at least 1 ms, time left within the timeout.
+fn ttl_of(timeout: Option<Duration>, expires: Option<Duration>) -> Ttl {
+    timeout.map(|t| {
+        let t = millis(t).max(1);
+        (t, expires.map_or(t, millis).clamp(1, t))
+    })
+}
+
 /// Whether the running kernel updates the timeout of an element that is
 /// re-added (Linux 6.12 and later); older kernels silently keep the old one.
 fn kernel_updates_timeouts() -> bool {
@@ -224,12 +298,26 @@ struct ElemMsg<'a> {
     verb: &'static str,
 }
 
+/// Jail names by [`JailId`], shared with the [`Watch`]es of a firewall so
+/// that they name jails as the latest setup does.
+type JailNames = Arc<Mutex<Vec<String>>>;
+
+/// A set of the table as GETSET reports it.
+struct SetInfo {
+    name: String,
+    counter: bool,
+}
+
 /// banjo's handle on its nftables table, over one netlink socket.
 pub struct Firewall {
     sock: Socket,
+    /// The socket's netlink port id: notifications of our own changes carry it.
+    portid: u32,
     table: String,
     /// Jail names by [`JailId`], from the last [`Firewall::setup`].
-    jails: Vec<String>,
+    jails: JailNames,
+    /// Rules the last setup put into the chain (`None` after `adopt`).
+    rules: Option<usize>,
     /// Re-adding updates timeouts in place (Linux ≥ 6.12); otherwise a
     /// re-ban is sent as add + delete + add in the same batch.
     update_in_place: bool,
@@ -254,10 +342,15 @@ impl Firewall {
                 kernel_error(step.into(), errno)
             }
         })?;
+        let portid = sock
+            .portid()
+            .map_err(|e| kernel_error("reading the netlink socket's port id".into(), e))?;
         let mut fw = Firewall {
             sock,
+            portid,
             table: table.into(),
-            jails: Vec::new(),
+            jails: Arc::default(),
+            rules: None,
             update_in_place: kernel_updates_timeouts(),
         };
         // nfnetlink checks CAP_NET_ADMIN on every message and loads
@@ -285,34 +378,50 @@ impl Firewall {
     }
 
     /// Creates or updates the table for `jails` (jail `i` has `JailId(i)`)
-    /// in one atomic batch: the table and each jail's sets are created if
-    /// missing (existing sets keep their elements), sets of jails no longer
-    /// configured are deleted, and the `input` chain is replaced with fresh
-    /// rules. Then checks that every set exists.
+    /// in one atomic batch: the table and each jail's three sets are
+    /// created if missing (existing sets keep their elements, and their
+    /// counters or lack of them), sets of jails no longer configured are
+    /// deleted, and the `input` chain is replaced with fresh rules. Then
+    /// checks that every set exists.
     pub fn setup(&mut self, jails: &[Jail]) -> Result<(), Error> {
         let names = validate_jails(jails)?;
         let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let stale: Vec<String> = self
-            .list_sets()?
-            .into_iter()
+        let sets = self.list_sets()?;
+        let stale: Vec<String> = sets
+            .iter()
             .filter(|set| {
-                let jail = set
-                    .strip_suffix(Family::V4.suffix())
-                    .or_else(|| set.strip_suffix(Family::V6.suffix()));
-                jail.is_some_and(|j| valid_name(j) && !wanted.contains(j))
+                Family::jail_of(&set.name)
+                    .is_some_and(|(j, _)| valid_name(j) && !wanted.contains(j))
+            })
+            .map(|set| set.name.clone())
+            .collect();
+        let existing: HashMap<String, Existing> = sets
+            .into_iter()
+            .map(|set| {
+                let info = Existing {
+                    counter: set.counter,
+                };
+                (set.name, info)
             })
             .collect();
         let chain_exists = self.chain_exists()?;
 
         let mut batch = self.sock.batch();
-        encode_setup(&mut batch, &self.table, jails, chain_exists, &stale);
+        let rules = encode_setup(
+            &mut batch,
+            &self.table,
+            jails,
+            chain_exists,
+            &stale,
+            &existing,
+        );
         let context = format!("setting up table inet {}", self.table);
         self.run(&mut batch, &context)?;
 
         // Like mullvad's firewall: trust, but verify.
-        let present: HashSet<String> = self.list_sets()?.into_iter().collect();
+        let present: HashSet<String> = self.list_sets()?.into_iter().map(|s| s.name).collect();
         for name in &names {
-            for family in Family::BOTH {
+            for family in Family::ALL {
                 let set = set_name(name, family);
                 if !present.contains(&set) {
                     return Err(Error::Protocol {
@@ -322,15 +431,85 @@ impl Firewall {
                 }
             }
         }
-        self.jails = names;
+        self.set_jails(names);
+        self.rules = Some(rules);
         Ok(())
     }
 
     /// Records the jails' set names without touching the kernel, for a
     /// process that manages elements of a table another process set up.
     pub fn adopt(&mut self, jails: &[Jail]) -> Result<(), Error> {
-        self.jails = validate_jails(jails)?;
+        let names = validate_jails(jails)?;
+        self.set_jails(names);
+        self.rules = None;
         Ok(())
+    }
+
+    fn set_jails(&mut self, names: Vec<String>) {
+        *self.jails.lock().unwrap_or_else(PoisonError::into_inner) = names;
+    }
+
+    /// Opens a watch on the table: a non-blocking socket that receives
+    /// nf_tables change notifications, of which [`Watch::read`] keeps the
+    /// changes other processes (or other sockets) made to this table. It
+    /// names jails as the latest [`Firewall::setup`] or `adopt` does.
+    pub fn watch(&self) -> Result<Watch, Error> {
+        self.open_watch(true)
+    }
+
+    fn open_watch(&self, filter_own: bool) -> Result<Watch, Error> {
+        let listener =
+            Listener::open(filter_own.then_some(self.portid)).map_err(|(step, errno)| {
+                if means_unsupported(errno) && errno != Errno::ENOENT {
+                    Error::Unsupported {
+                        step: step.into(),
+                        errno,
+                    }
+                } else {
+                    kernel_error(step.into(), errno)
+                }
+            })?;
+        Ok(Watch::new(
+            listener,
+            self.portid,
+            self.table.clone(),
+            Arc::clone(&self.jails),
+        ))
+    }
+
+    /// Whether the table, its chain (with as many rules as the last setup
+    /// made) and every set of every jail still exist: what to check after
+    /// [`Change::Overrun`]. `false` means: run [`Firewall::setup`] again
+    /// and restore the bans that are missing.
+    pub fn verify(&mut self) -> Result<bool, Error> {
+        if !self.table_exists()? || !self.chain_exists()? {
+            return Ok(false);
+        }
+        let present: HashSet<String> = self.list_sets()?.into_iter().map(|s| s.name).collect();
+        let names = self.jail_names();
+        let all_sets = names.iter().all(|name| {
+            Family::ALL
+                .into_iter()
+                .all(|f| present.contains(&set_name(name, f)))
+        });
+        if !all_sets {
+            return Ok(false);
+        }
+        match self.rules {
+            Some(want) => Ok(self.count_rules()? == want),
+            None => Ok(true),
+        }
+    }
+
+    /// Whether the elements of a jail's sets carry counters; `false` for
+    /// sets an earlier banjo created, whose [`Listed::packets`] stay 0.
+    pub fn has_counters(&mut self, jail: JailId) -> Result<bool, Error> {
+        let name = self.jail_name(jail)?;
+        let wanted: Vec<String> = Family::ALL.map(|f| set_name(&name, f)).to_vec();
+        let sets = self.list_sets()?;
+        Ok(wanted
+            .iter()
+            .all(|w| sets.iter().any(|s| &s.name == w && s.counter)))
     }
 
     /// Bans: puts every element into its jail's set, in one atomic batch
@@ -353,14 +532,13 @@ impl Firewall {
             let g = *group_of
                 .entry((e.jail, family == Family::V4))
                 .or_insert_with(|| {
-                    groups.push((set_name(jail, family), Vec::new(), Vec::new()));
+                    groups.push((set_name(&jail, family), Vec::new(), Vec::new()));
                     groups.len() - 1
                 });
-            let ttl = e.timeout.map(|t| {
-                let t = millis(t).max(1);
-                (t, e.expires.map_or(t, millis).clamp(1, t))
-            });
-            let item = Item { ip, ttl };
+            let item = Item {
+                ip,
+                ttl: ttl_of(e.timeout, e.expires),
+            };
             match seen.get(&(e.jail, ip)) {
                 Some(&i) => items[i] = (g, item),
                 None => {
@@ -422,7 +600,7 @@ impl Firewall {
     /// Unbans: deletes the addresses from the jail's sets. An address that
     /// is not there (never banned, already expired) is not an error.
     pub fn remove(&mut self, jail: JailId, ips: &[IpAddr]) -> Result<(), Error> {
-        let name = self.jail_name(jail)?.to_string();
+        let name = self.jail_name(jail)?;
         let mut ips: Vec<IpAddr> = ips
             .iter()
             .map(|ip| ip.to_canonical())
@@ -455,35 +633,251 @@ impl Firewall {
 
     /// Lists a jail's bans, IPv4 set first, as the kernel reports them.
     pub fn list(&mut self, jail: JailId) -> Result<Vec<Listed>, Error> {
-        let name = self.jail_name(jail)?.to_string();
+        let name = self.jail_name(jail)?;
         let mut out = Vec::new();
         for family in Family::BOTH {
             let set = set_name(&name, family);
-            let step = format!("listing set {set} of table inet {}", self.table);
-            let table = self.table.clone();
-            let mut found = Vec::new();
-            self.sock
-                .request(
-                    NFT_MSG_GETSETELEM,
-                    NFPROTO_INET,
-                    true,
-                    &|b| {
-                        b.put_str(NFTA_SET_ELEM_LIST_TABLE, &table);
-                        b.put_str(NFTA_SET_ELEM_LIST_SET, &set);
-                    },
-                    NFT_MSG_NEWSETELEM,
-                    &mut |m| match m {
-                        None => {
-                            found.clear();
-                            Ok(())
-                        }
-                        Some(m) => parse_dump(m.nft_attrs()?, &mut found),
-                    },
-                )
-                .map_err(|e| request_error(step, e))?;
-            out.append(&mut found);
+            out.extend(
+                self.dump_set(&set)?
+                    .into_iter()
+                    .filter(|p| !p.end)
+                    .map(Listed::from),
+            );
         }
         Ok(out)
+    }
+
+    /// Dumps one set's elements.
+    fn dump_set(&mut self, set: &str) -> Result<Vec<Parsed>, Error> {
+        let step = format!("listing set {set} of table inet {}", self.table);
+        let table = self.table.clone();
+        let mut found = Vec::new();
+        self.sock
+            .request(
+                NFT_MSG_GETSETELEM,
+                NFPROTO_INET,
+                true,
+                &|b| {
+                    b.put_str(NFTA_SET_ELEM_LIST_TABLE, &table);
+                    b.put_str(NFTA_SET_ELEM_LIST_SET, set);
+                },
+                NFT_MSG_NEWSETELEM,
+                &mut |m| match m {
+                    // An interrupted dump starts over.
+                    None => {
+                        found.clear();
+                        Ok(())
+                    }
+                    Some(m) => parse_dump(m.nft_attrs()?, &mut found),
+                },
+            )
+            .map_err(|e| request_error(step, e))?;
+        Ok(found)
+    }
+
+    /// Bans IPv6 prefixes: puts every network into its jail's `_v6net`
+    /// set, in one atomic batch. The kernel refuses overlapping intervals,
+    /// so: a prefix already covered by a larger banned prefix of the jail
+    /// is skipped (as is one covered by a larger prefix in `elems`);
+    /// banned prefixes inside a new one are replaced by it; an equal one
+    /// gets the new timeout (and its counter restarts).
+    pub fn add_prefixes(&mut self, elems: &[PrefixElement]) -> Result<(), Error> {
+        let mut last = None;
+        for _ in 0..REMOVE_ATTEMPTS {
+            match self.try_add_prefixes(elems) {
+                // A banned prefix expired between the listing and the batch.
+                Err(e @ Error::Kernel { .. }) if e.errno() == Some(Errno::ENOENT) => last = Some(e),
+                other => return other,
+            }
+        }
+        last.map_or(Ok(()), Err)
+    }
+
+    fn try_add_prefixes(&mut self, elems: &[PrefixElement]) -> Result<(), Error> {
+        // Last one wins per (jail, network), in first-seen order.
+        let mut wanted: Vec<(JailId, IpNet, Ttl)> = Vec::new();
+        let mut seen: HashMap<(JailId, IpNet), usize> = HashMap::new();
+        for e in elems {
+            self.jail_name(e.jail)?;
+            if !e.net.addr().is_ipv6() {
+                return Err(Error::Invalid(format!(
+                    "prefix bans are IPv6 only; {} is IPv4",
+                    e.net
+                )));
+            }
+            let item = (e.jail, e.net, ttl_of(e.timeout, e.expires));
+            match seen.get(&(e.jail, e.net)) {
+                Some(&i) => wanted[i] = item,
+                None => {
+                    seen.insert((e.jail, e.net), wanted.len());
+                    wanted.push(item);
+                }
+            }
+        }
+        let jails: BTreeSet<JailId> = wanted.iter().map(|w| w.0).collect();
+        let mut units: Vec<(String, Vec<Wire>, &'static str, u8)> = Vec::new();
+        for jail in jails {
+            let name = self.jail_name(jail)?;
+            let set = set_name(&name, Family::V6Net);
+            let banned: Vec<IpNet> = self.list_prefixes(jail)?.iter().map(|l| l.net).collect();
+            let mine: Vec<(IpNet, Ttl)> = wanted
+                .iter()
+                .filter(|w| w.0 == jail)
+                .map(|w| (w.1, w.2))
+                .collect();
+            let covers = |big: &IpNet, small: &IpNet| {
+                big.prefix() < small.prefix() && big.contains(small.addr())
+            };
+            let mut dels = Vec::new();
+            let mut replace = Vec::new();
+            let mut adds = Vec::new();
+            for (net, ttl) in &mine {
+                if mine.iter().any(|(o, _)| covers(o, net)) || banned.iter().any(|b| covers(b, net))
+                {
+                    continue;
+                }
+                let wires = prefix_wires(v6(net), net.prefix(), *ttl);
+                if banned.contains(net) {
+                    replace.extend(wires);
+                } else {
+                    adds.extend(wires);
+                }
+                for b in banned.iter().filter(|b| covers(net, b)) {
+                    dels.extend(prefix_wires(v6(b), b.prefix(), None));
+                }
+            }
+            // Deletions first: the kernel checks overlaps as it goes.
+            for chunk in dels.chunks(ELEMS_PER_MSG) {
+                units.push((
+                    set.clone(),
+                    chunk.to_vec(),
+                    "deleting (covered)",
+                    NFT_MSG_DELSETELEM,
+                ));
+            }
+            for chunk in replace.chunks(ELEMS_PER_MSG) {
+                units.push((
+                    set.clone(),
+                    chunk.to_vec(),
+                    "deleting (to replace)",
+                    NFT_MSG_DELSETELEM,
+                ));
+                units.push((set.clone(), chunk.to_vec(), "re-adding", NFT_MSG_NEWSETELEM));
+            }
+            for chunk in adds.chunks(ELEMS_PER_MSG) {
+                units.push((set.clone(), chunk.to_vec(), "adding", NFT_MSG_NEWSETELEM));
+            }
+        }
+        if units.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.sock.batch();
+        for (set, wires, verb, msg) in units {
+            let prep = if msg == NFT_MSG_NEWSETELEM {
+                "to"
+            } else {
+                "from"
+            };
+            let step = format!(
+                "{verb} {} {prep} set {set} of table inet {}",
+                count_prefixes(wires.iter().filter(|w| !w.end).count()),
+                self.table
+            );
+            push_message(
+                &mut batch,
+                msg,
+                &self.table,
+                &set,
+                None,
+                &mut wires.into_iter(),
+                step,
+            );
+        }
+        let context = format!(
+            "adding {} to table inet {}",
+            count_prefixes(elems.len()),
+            self.table
+        );
+        self.run(&mut batch, &context)
+    }
+
+    /// Lists a jail's IPv6 prefix bans, in address order.
+    pub fn list_prefixes(&mut self, jail: JailId) -> Result<Vec<ListedPrefix>, Error> {
+        let name = self.jail_name(jail)?;
+        let set = set_name(&name, Family::V6Net);
+        Ok(pair_prefixes(self.dump_set(&set)?)
+            .into_iter()
+            .map(|(net, p)| ListedPrefix {
+                net,
+                timeout: p.timeout,
+                expires: p.expires,
+                packets: p.packets,
+                bytes: p.bytes,
+            })
+            .collect())
+    }
+
+    /// Unbans IPv6 prefixes: deletes each network banned exactly as given
+    /// from the jail's `_v6net` set; one not banned is not an error.
+    pub fn remove_prefixes(&mut self, jail: JailId, nets: &[IpNet]) -> Result<(), Error> {
+        let name = self.jail_name(jail)?;
+        let set = set_name(&name, Family::V6Net);
+        let mut nets: Vec<IpNet> = nets
+            .iter()
+            .filter(|n| n.addr().is_ipv6())
+            .copied()
+            .collect();
+        nets.sort_by_key(|n| (n.addr(), n.prefix()));
+        nets.dedup();
+        let mut last = None;
+        for _ in 0..REMOVE_ATTEMPTS {
+            if nets.is_empty() {
+                return Ok(());
+            }
+            let wires: Vec<Wire> = nets
+                .iter()
+                .flat_map(|n| prefix_wires(v6(n), n.prefix(), None))
+                .collect();
+            let mut batch = self.sock.batch();
+            for chunk in wires.chunks(ELEMS_PER_MSG) {
+                let step = format!(
+                    "deleting {} from set {set} of table inet {}",
+                    count_prefixes(chunk.iter().filter(|w| !w.end).count()),
+                    self.table
+                );
+                push_message(
+                    &mut batch,
+                    NFT_MSG_DELSETELEM,
+                    &self.table,
+                    &set,
+                    None,
+                    &mut chunk.iter().cloned(),
+                    step,
+                );
+            }
+            let context = format!(
+                "deleting {} of jail {name} from table inet {}",
+                count_prefixes(nets.len()),
+                self.table
+            );
+            match self.run(&mut batch, &context) {
+                Ok(()) => return Ok(()),
+                Err(e @ Error::Kernel { .. }) if e.errno() == Some(Errno::ENOENT) => {
+                    let present: HashSet<IpNet> = self
+                        .list_prefixes(jail)?
+                        .into_iter()
+                        .map(|l| l.net)
+                        .collect();
+                    nets.retain(|n| present.contains(n));
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match last {
+            Some(e) if !nets.is_empty() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Deletes the whole table with its sets and bans; an absent table is
@@ -499,17 +893,27 @@ impl Firewall {
         batch.buf().put_str(NFTA_TABLE_NAME, &self.table);
         batch.end(m);
         let context = format!("deleting table inet {}", self.table);
-        self.jails.clear();
+        self.set_jails(Vec::new());
+        self.rules = None;
         match self.run(&mut batch, &context) {
             Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(()),
             other => other,
         }
     }
 
-    fn jail_name(&self, jail: JailId) -> Result<&str, Error> {
+    fn jail_names(&self) -> Vec<String> {
         self.jails
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn jail_name(&self, jail: JailId) -> Result<String, Error> {
+        self.jails
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(jail.index())
-            .map(String::as_str)
+            .cloned()
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "jail #{} is not set up in table inet {}",
@@ -573,7 +977,7 @@ impl Firewall {
                     &self.table,
                     m.set,
                     None,
-                    &mut m.items.iter().map(|i| (key_of(i.ip), i.ttl)),
+                    &mut m.items.iter().map(|i| Wire::key(key_of(i.ip), i.ttl)),
                     step,
                 );
             }
@@ -604,9 +1008,9 @@ impl Firewall {
         }
     }
 
-    /// Names of the named (not anonymous) sets in the table; none if the
-    /// table does not exist.
-    fn list_sets(&mut self) -> Result<Vec<String>, Error> {
+    /// The named (not anonymous) sets in the table; none if the table does
+    /// not exist.
+    fn list_sets(&mut self) -> Result<Vec<SetInfo>, Error> {
         let table = self.table.clone();
         let mut names = Vec::new();
         let result = self.sock.request(
@@ -621,17 +1025,27 @@ impl Firewall {
                     return Ok(());
                 };
                 let (mut in_table, mut name, mut anonymous) = (false, None, false);
+                let mut counter = false;
                 for attr in m.nft_attrs()? {
                     let (ty, data) = attr?;
                     match ty {
                         NFTA_SET_TABLE => in_table = string(data)? == table,
                         NFTA_SET_NAME => name = Some(string(data)?.to_string()),
                         NFTA_SET_FLAGS => anonymous = netlink::be32(data)? & NFT_SET_ANONYMOUS != 0,
+                        NFTA_SET_EXPR => counter |= expr_is_counter(data)?,
+                        NFTA_SET_EXPRESSIONS => {
+                            for item in Attrs::new(data) {
+                                let (ty, expr) = item?;
+                                if ty == NFTA_LIST_ELEM {
+                                    counter |= expr_is_counter(expr)?;
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
                 if let (true, false, Some(name)) = (in_table, anonymous, name) {
-                    names.push(name);
+                    names.push(SetInfo { name, counter });
                 }
                 Ok(())
             },
@@ -641,6 +1055,74 @@ impl Firewall {
             Err(RequestError::Errno(Errno::ENOENT)) => Ok(Vec::new()),
             Err(e) => Err(request_error(
                 format!("listing the sets of table inet {}", self.table),
+                e,
+            )),
+        }
+    }
+
+    /// Whether the table exists.
+    fn table_exists(&mut self) -> Result<bool, Error> {
+        let table = self.table.clone();
+        let result = self.sock.request(
+            NFT_MSG_GETTABLE,
+            NFPROTO_INET,
+            false,
+            &|b| b.put_str(NFTA_TABLE_NAME, &table),
+            NFT_MSG_NEWTABLE,
+            &mut |_| Ok(()),
+        );
+        match result {
+            Ok(()) => Ok(true),
+            Err(RequestError::Errno(Errno::ENOENT)) => Ok(false),
+            Err(e) => Err(request_error(
+                format!("looking up table inet {}", self.table),
+                e,
+            )),
+        }
+    }
+
+    /// The number of rules in banjo's chain.
+    fn count_rules(&mut self) -> Result<usize, Error> {
+        let table = self.table.clone();
+        let mut n = 0;
+        let result = self.sock.request(
+            NFT_MSG_GETRULE,
+            NFPROTO_INET,
+            true,
+            &|b| {
+                b.put_str(NFTA_RULE_TABLE, &table);
+                b.put_str(NFTA_RULE_CHAIN, CHAIN);
+            },
+            NFT_MSG_NEWRULE,
+            &mut |m| {
+                let Some(m) = m else {
+                    n = 0;
+                    return Ok(());
+                };
+                // The kernel filters the dump by table and chain; check anyway.
+                let (mut t, mut c) = (false, false);
+                for attr in m.nft_attrs()? {
+                    let (ty, data) = attr?;
+                    match ty {
+                        NFTA_RULE_TABLE => t = string(data)? == table,
+                        NFTA_RULE_CHAIN => c = string(data)? == CHAIN,
+                        _ => {}
+                    }
+                }
+                if t && c {
+                    n += 1;
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => Ok(n),
+            Err(RequestError::Errno(Errno::ENOENT)) => Ok(0),
+            Err(e) => Err(request_error(
+                format!(
+                    "listing the rules of chain {CHAIN} of table inet {}",
+                    self.table
+                ),
                 e,
             )),
         }
@@ -668,6 +1150,35 @@ impl Firewall {
                 e,
             )),
         }
+    }
+}
+
+/// Whether an expression (`NFTA_EXPR_NAME`, ...) is a counter.
+fn expr_is_counter(expr: &[u8]) -> Result<bool, netlink::Malformed> {
+    for attr in Attrs::new(expr) {
+        let (ty, data) = attr?;
+        if ty == NFTA_EXPR_NAME {
+            return Ok(string(data)? == "counter");
+        }
+    }
+    Ok(false)
+}
+
+/// The network address of an IPv6 network (`::` for an IPv4 one, which
+/// callers have filtered out).
+fn v6(net: &IpNet) -> Ipv6Addr {
+    match net.addr() {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+    }
+}
+
+/// "1 prefix", "2 prefixes".
+fn count_prefixes(n: usize) -> String {
+    if n == 1 {
+        "1 prefix".into()
+    } else {
+        format!("{n} prefixes")
     }
 }
 
@@ -710,7 +1221,7 @@ mod tests {
     use super::*;
     use crate::jail::{Bantime, JournalMatch, PortRange, Protocol};
     use nix::sched::{unshare, CloneFlags};
-    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+    use std::net::{Ipv4Addr, TcpListener, UdpSocket};
     use std::os::fd::AsRawFd;
     use std::process::Command;
     use std::time::Instant;
@@ -794,6 +1305,59 @@ mod tests {
         }
     }
 
+    fn pban(jail: JailId, net: &str, secs: Option<u64>) -> PrefixElement {
+        PrefixElement {
+            jail,
+            net: net.parse().unwrap(),
+            timeout: secs.map(Duration::from_secs),
+            expires: None,
+        }
+    }
+
+    fn find_net(list: &[ListedPrefix], net: &str) -> ListedPrefix {
+        let want: IpNet = net.parse().unwrap();
+        *list
+            .iter()
+            .find(|l| l.net == want)
+            .unwrap_or_else(|| panic!("{net} not listed in {list:?}"))
+    }
+
+    fn nets(list: &[ListedPrefix]) -> Vec<String> {
+        list.iter().map(|l| l.net.to_string()).collect()
+    }
+
+    /// `nft -f -` with `script` on its standard input, in this thread's
+    /// namespace.
+    fn nft_script(script: &str) {
+        use std::io::Write;
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft -f: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether the watch's socket polls readable right now.
+    fn readable(w: &Watch) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(w.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
     fn find(list: &[Listed], addr: &str) -> Listed {
         *list
             .iter()
@@ -844,16 +1408,21 @@ mod tests {
             println!("{ruleset}");
             for want in [
                 "type filter hook input priority filter - 1; policy accept;",
-                "set mail_v4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t}",
-                "set all_v6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t}",
-                "ip saddr @mail_v4 tcp dport { 25, 465, 587 } reject with tcp reset",
-                "ip saddr @mail_v4 tcp dport 8000-8010 reject with tcp reset",
-                "ip6 saddr @mail_v6 tcp dport { 25, 465, 587 } reject with tcp reset",
-                "ip6 saddr @mail_v6 tcp dport 8000-8010 reject with tcp reset",
-                "ip saddr @all_v4 meta l4proto tcp reject with tcp reset",
+                "set mail_v4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}",
+                "set all_v6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}",
+                "set all_v6net {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}",
+                // The set lookup comes last, so only rejected packets count.
+                "tcp dport { 25, 465, 587 } ip saddr @mail_v4 reject with tcp reset",
+                "tcp dport 8000-8010 ip saddr @mail_v4 reject with tcp reset",
+                "tcp dport { 25, 465, 587 } ip6 saddr @mail_v6 reject with tcp reset",
+                "tcp dport 8000-8010 ip6 saddr @mail_v6 reject with tcp reset",
+                "tcp dport { 25, 465, 587 } ip6 saddr @mail_v6net reject with tcp reset",
+                "tcp dport 8000-8010 ip6 saddr @mail_v6net reject with tcp reset",
+                "meta l4proto tcp ip saddr @all_v4 reject with tcp reset",
                 // icmpx port-unreachable is nft's default, printed bare.
                 "ip saddr @all_v4 reject\n",
                 "ip6 saddr @all_v6 reject\n",
+                "ip6 saddr @all_v6net reject\n",
             ] {
                 assert!(ruleset.contains(want), "missing {want:?}");
             }
@@ -877,9 +1446,13 @@ mod tests {
             assert_eq!(all.len(), 1);
             assert_timed(all[0], 60, 60);
             let set = nft(&format!("list set inet {TABLE} mail_v4"));
-            assert!(set.contains("192.0.2.1 timeout 10m expires"), "{set}");
             assert!(
-                set.contains("192.0.2.9,") || set.contains("192.0.2.9 }"),
+                set.contains("192.0.2.1 counter packets 0 bytes 0 timeout 10m expires"),
+                "{set}"
+            );
+            assert!(
+                set.contains("192.0.2.9 counter packets 0 bytes 0,")
+                    || set.contains("192.0.2.9 counter packets 0 bytes 0 }"),
                 "{set}"
             );
 
@@ -938,6 +1511,12 @@ mod tests {
                 ban(ALL, "198.51.100.7", Some(600)),
             ])
             .unwrap();
+            fw.add_prefixes(&[
+                pban(MAIL, "2001:db8:1::/64", Some(600)),
+                pban(MAIL, "2001:db8:2::/48", None),
+                pban(ALL, "2001:db8:3::/56", Some(600)),
+            ])
+            .unwrap();
             std::thread::sleep(Duration::from_millis(1500));
             drop(fw);
 
@@ -953,11 +1532,20 @@ mod tests {
             assert!(l.expires.unwrap() > Duration::from_secs(590), "{l:?}");
             assert_eq!(find(&mail, "192.0.2.9").timeout, None);
             assert_eq!(fw.list(ALL).unwrap().len(), 1);
+            // Prefix bans too, also still counting down.
+            let nets = fw.list_prefixes(MAIL).unwrap();
+            assert_eq!(nets.len(), 2, "{nets:?}");
+            let p = find_net(&nets, "2001:db8:1::/64");
+            assert_eq!(p.timeout, Some(Duration::from_secs(600)));
+            assert!(p.expires.unwrap() < Duration::from_millis(598_600), "{p:?}");
+            assert_eq!(find_net(&nets, "2001:db8:2::/48").timeout, None);
+            assert_eq!(fw.list_prefixes(ALL).unwrap().len(), 1);
             // The chain was replaced, not appended to.
             let ruleset = nft(&format!("list table inet {TABLE}"));
             assert_eq!(ruleset.matches("chain input").count(), 1);
             assert_eq!(ruleset.matches("saddr @mail_v4").count(), 2, "{ruleset}");
-            assert_eq!(ruleset.matches("saddr @all_v6").count(), 2, "{ruleset}");
+            assert_eq!(ruleset.matches("saddr @all_v6 ").count(), 2, "{ruleset}");
+            assert_eq!(ruleset.matches("saddr @all_v6net ").count(), 2, "{ruleset}");
 
             // Reload without jail "all": its sets go, mail's bans stay.
             fw.setup(&jails[..1]).unwrap();
@@ -967,6 +1555,7 @@ mod tests {
                 "{ruleset}"
             );
             assert_eq!(fw.list(MAIL).unwrap().len(), 3);
+            assert_eq!(fw.list_prefixes(MAIL).unwrap().len(), 2);
             assert!(matches!(fw.list(ALL), Err(Error::Invalid(_))));
             fw.delete_table().unwrap();
         });
@@ -1061,19 +1650,35 @@ mod tests {
 
     /// Connects over TCP from `src` to 127.0.0.1:`port`.
     fn connect_from(src: Ipv4Addr, port: u16) -> Result<(), Errno> {
-        use nix::sys::socket::SockaddrIn;
+        connect_between(IpAddr::V4(src), IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    /// Connects over TCP from `src` to `dst`:`port`.
+    fn connect_between(src: IpAddr, dst: IpAddr, port: u16) -> Result<(), Errno> {
+        use nix::sys::socket::SockaddrStorage;
         use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType};
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
+        let family = if src.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrStorage::from(std::net::SocketAddr::new(src, 0)),
         )?;
-        bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(src, 0)))?;
         connect(
             fd.as_raw_fd(),
-            &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            &SockaddrStorage::from(std::net::SocketAddr::new(dst, port)),
         )
+    }
+
+    /// Brings `lo` up, so that 127/8 and ::1 work; false if `ip` fails.
+    fn lo_up() -> bool {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        up.map(|s| s.success()).unwrap_or(false)
     }
 
     /// Sends a UDP datagram from `src` to `to` and waits for an ICMP error.
@@ -1090,10 +1695,7 @@ mod tests {
     #[test]
     fn root_traffic_is_refused_from_banned_sources() {
         in_netns(|| {
-            let up = Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status();
-            if !up.map(|s| s.success()).unwrap_or(false) {
+            if !lo_up() {
                 println!("skipped: cannot bring lo up with ip(8)");
                 return;
             }
@@ -1120,6 +1722,31 @@ mod tests {
             assert!(udp_refused(a3, &udp)); // allports, not tcp: icmpx
             assert!(!udp_refused(a4, &udp));
             assert_eq!(connect_from(a4, 25), Ok(()));
+
+            // Per-element counters: the lookup runs last in each rule, so
+            // only rejected packets count (the SYNs to 25 and 8005, not
+            // the one to 9000); the unbanned 127.0.0.4 has no element.
+            assert!(fw.has_counters(MAIL).unwrap());
+            let l = find(&fw.list(MAIL).unwrap(), "127.0.0.2");
+            assert_eq!(l.packets, 2, "{l:?}");
+            assert!(l.bytes >= 2 * 40, "{l:?}");
+            // The SYN to 9000 and the UDP datagram.
+            let l = find(&fw.list(ALL).unwrap(), "127.0.0.3");
+            assert_eq!(l.packets, 2, "{l:?}");
+            let set = nft(&format!("list set inet {TABLE} mail_v4"));
+            assert!(set.contains("counter packets 2 bytes"), "{set}");
+            // A re-ban updated in place keeps the count; one sent as
+            // delete + add (kernels before 6.12) starts from 0.
+            if fw.update_in_place {
+                fw.add(&[ban(MAIL, "127.0.0.2", Some(120))]).unwrap();
+                let l = find(&fw.list(MAIL).unwrap(), "127.0.0.2");
+                assert_eq!((l.timeout, l.packets), (Some(Duration::from_secs(120)), 2));
+            }
+            fw.update_in_place = false;
+            fw.add(&[ban(MAIL, "127.0.0.2", Some(180))]).unwrap();
+            let l = find(&fw.list(MAIL).unwrap(), "127.0.0.2");
+            assert_eq!((l.packets, l.bytes), (0, 0), "{l:?}");
+            fw.update_in_place = kernel_updates_timeouts();
 
             fw.remove(MAIL, &[ip("127.0.0.2")]).unwrap();
             assert_eq!(connect_from(a2, 25), Ok(()));
@@ -1182,6 +1809,370 @@ mod tests {
             assert!(matches!(err, Error::PermissionDenied { .. }), "{err}");
             assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
             println!("{err}");
+        });
+    }
+
+    #[test]
+    fn root_watch_reports_only_what_others_delete() {
+        in_netns(|| {
+            let jails = two_jails();
+            let mut fw = Firewall::open(TABLE).unwrap();
+            fw.setup(&jails).unwrap();
+            let mut watch = fw.watch().unwrap();
+            // Without the kernel-side socket filter: the port id check in
+            // `read` alone must drop our own changes.
+            let mut unfiltered = fw.open_watch(false).unwrap();
+            assert!(!readable(&watch) && !readable(&unfiltered));
+
+            // Our own changes, every kind of them.
+            fw.add(&[
+                ban(MAIL, "192.0.2.1", Some(600)),
+                ban(MAIL, "192.0.2.2", Some(600)),
+                ban(MAIL, "2001:db8::1", None),
+            ])
+            .unwrap();
+            fw.add_prefixes(&[
+                pban(MAIL, "2001:db8:1::/64", Some(600)),
+                pban(MAIL, "2001:db8:2::/64", Some(600)),
+            ])
+            .unwrap();
+            fw.remove(MAIL, &[ip("192.0.2.2")]).unwrap();
+            fw.remove_prefixes(MAIL, &["2001:db8:2::/64".parse().unwrap()])
+                .unwrap();
+            fw.setup(&jails).unwrap(); // deletes and re-creates the chain
+            assert!(readable(&unfiltered), "no notifications at all?");
+            assert_eq!(unfiltered.read().unwrap(), vec![]);
+            assert!(!readable(&watch), "the socket filter let ours through");
+            assert_eq!(watch.read().unwrap(), vec![]);
+            assert!(fw.verify().unwrap());
+
+            // Someone else's additions and expiries are no news.
+            nft(&format!(
+                "add element inet {TABLE} mail_v4 {{ 198.51.100.1 timeout 1s }}"
+            ));
+            fw.add(&[ban(MAIL, "198.51.100.2", Some(1))]).unwrap();
+            std::thread::sleep(Duration::from_millis(2500));
+            assert!(fw
+                .list(MAIL)
+                .unwrap()
+                .iter()
+                .all(|l| !l.ip.to_string().starts_with("198.51.100.")));
+            assert_eq!(watch.read().unwrap(), vec![]);
+
+            // Someone deletes bans.
+            nft(&format!(
+                "delete element inet {TABLE} mail_v4 {{ 192.0.2.1 }}"
+            ));
+            assert!(readable(&watch));
+            assert_eq!(
+                watch.read().unwrap(),
+                vec![Change::ElementsDeleted {
+                    jail: MAIL,
+                    ips: vec![ip("192.0.2.1")]
+                }]
+            );
+            assert!(!readable(&watch));
+            nft(&format!(
+                "delete element inet {TABLE} mail_v6net {{ 2001:db8:1::/64 }}"
+            ));
+            nft(&format!(
+                "delete element inet {TABLE} mail_v6 {{ 2001:db8::1 }}"
+            ));
+            assert_eq!(
+                watch.read().unwrap(),
+                vec![
+                    Change::PrefixesDeleted {
+                        jail: MAIL,
+                        nets: vec!["2001:db8:1::/64".parse().unwrap()]
+                    },
+                    Change::ElementsDeleted {
+                        jail: MAIL,
+                        ips: vec![ip("2001:db8::1")]
+                    },
+                ]
+            );
+            // Bans alone do not make the ruleset incomplete.
+            assert!(fw.verify().unwrap());
+
+            // One rule.
+            let listing = nft(&format!("-a list chain inet {TABLE} input"));
+            let handle = listing
+                .lines()
+                .find(|l| l.contains("@mail_v4"))
+                .and_then(|l| l.rsplit("# handle ").next())
+                .unwrap()
+                .trim()
+                .to_string();
+            nft(&format!("delete rule inet {TABLE} input handle {handle}"));
+            assert_eq!(watch.read().unwrap(), vec![Change::RulesDeleted(1)]);
+            assert!(!fw.verify().unwrap());
+            fw.setup(&jails).unwrap();
+            assert!(fw.verify().unwrap());
+
+            // All rules, then a set they no longer reference.
+            nft(&format!("flush chain inet {TABLE} input"));
+            nft(&format!("delete set inet {TABLE} all_v4"));
+            assert_eq!(
+                watch.read().unwrap(),
+                vec![
+                    Change::RulesDeleted(12),
+                    Change::SetDeleted {
+                        jail: ALL,
+                        set: "all_v4".into()
+                    },
+                ]
+            );
+            assert!(!fw.verify().unwrap());
+            fw.setup(&jails).unwrap();
+            assert!(fw.verify().unwrap());
+            assert_eq!(watch.read().unwrap(), vec![]);
+
+            // The chain.
+            nft(&format!("delete chain inet {TABLE} input"));
+            assert_eq!(watch.read().unwrap(), vec![Change::ChainDeleted]);
+            assert!(!fw.verify().unwrap());
+            fw.setup(&jails).unwrap();
+
+            // Everything.
+            nft("flush ruleset");
+            assert_eq!(watch.read().unwrap(), vec![Change::TableDeleted]);
+            assert!(!fw.verify().unwrap());
+            // The unfiltered watch saw the same (the table deletion
+            // swallows what came before it in one read).
+            assert_eq!(unfiltered.read().unwrap(), vec![Change::TableDeleted]);
+            fw.setup(&jails).unwrap();
+            assert!(fw.verify().unwrap());
+            assert_eq!(watch.read().unwrap(), vec![]);
+            fw.delete_table().unwrap();
+        });
+    }
+
+    #[test]
+    fn root_watch_overrun_says_verify_everything() {
+        in_netns(|| {
+            let mut fw = Firewall::open(TABLE).unwrap();
+            fw.setup(&two_jails()).unwrap();
+            let mut watch = fw.watch().unwrap();
+            watch.set_rcvbuf_for_test(4096);
+            // 3000 additions by someone else: one notification each.
+            let elems: Vec<String> = (0..3000u32)
+                .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
+                .collect();
+            nft_script(&format!(
+                "add element inet {TABLE} mail_v4 {{ {} }}\n",
+                elems.join(", ")
+            ));
+            assert_eq!(watch.read().unwrap(), vec![Change::Overrun]);
+            assert_eq!(watch.read().unwrap(), vec![]);
+            assert!(fw.verify().unwrap());
+            // The watch keeps working after an overrun.
+            nft(&format!(
+                "delete element inet {TABLE} mail_v4 {{ 10.0.0.7 }}"
+            ));
+            assert_eq!(
+                watch.read().unwrap(),
+                vec![Change::ElementsDeleted {
+                    jail: MAIL,
+                    ips: vec![ip("10.0.0.7")]
+                }]
+            );
+            fw.delete_table().unwrap();
+        });
+    }
+
+    #[test]
+    fn root_verify_without_setup_and_after_adopt() {
+        in_netns(|| {
+            let jails = two_jails();
+            let mut fw = Firewall::open(TABLE).unwrap();
+            assert!(!fw.verify().unwrap()); // no table at all
+            fw.setup(&jails).unwrap();
+            let mut other = Firewall::open(TABLE).unwrap();
+            other.adopt(&jails).unwrap();
+            assert!(other.verify().unwrap());
+            // After adopt, verify cannot know the rules: an emptied chain
+            // passes, a missing set does not.
+            nft(&format!("flush chain inet {TABLE} input"));
+            assert!(other.verify().unwrap());
+            assert!(!fw.verify().unwrap());
+            nft(&format!("delete set inet {TABLE} mail_v6net"));
+            assert!(!other.verify().unwrap());
+            assert!(!fw.verify().unwrap());
+            fw.delete_table().unwrap();
+        });
+    }
+
+    #[test]
+    fn root_sets_without_counters_are_kept_with_their_bans() {
+        in_netns(|| {
+            // The layout an earlier banjo made: two sets per jail, no
+            // counters, no prefix set.
+            nft_script(&format!(
+                "table inet {TABLE} {{
+                    set mail_v4 {{ type ipv4_addr; flags timeout; elements = {{ 192.0.2.1 timeout 10m }} }}
+                    set mail_v6 {{ type ipv6_addr; flags timeout; elements = {{ 2001:db8::1 }} }}
+                    chain input {{
+                        type filter hook input priority filter - 1; policy accept;
+                        ip saddr @mail_v4 tcp dport 25 reject with tcp reset
+                    }}
+                }}\n"
+            ));
+            let mut fw = Firewall::open(TABLE).unwrap();
+            fw.setup(&two_jails()).unwrap();
+            let mail = fw.list(MAIL).unwrap();
+            assert_eq!(mail.len(), 2, "{mail:?}");
+            let l = find(&mail, "192.0.2.1");
+            assert_eq!(l.timeout, Some(Duration::from_secs(600)));
+            assert_eq!((l.packets, l.bytes), (0, 0));
+            assert_eq!(find(&mail, "2001:db8::1").timeout, None);
+            assert!(!fw.has_counters(MAIL).unwrap());
+            assert!(fw.has_counters(ALL).unwrap());
+            let set = nft(&format!("list set inet {TABLE} mail_v4"));
+            assert!(!set.contains("counter"), "{set}");
+            let set = nft(&format!("list set inet {TABLE} mail_v6net"));
+            assert!(set.contains("counter"), "{set}");
+            // Bans still work in the old sets, and setup stays idempotent.
+            fw.add(&[ban(MAIL, "192.0.2.2", Some(60))]).unwrap();
+            fw.setup(&two_jails()).unwrap();
+            assert_eq!(fw.list(MAIL).unwrap().len(), 3);
+            assert!(fw.verify().unwrap());
+            // A fresh table gets counters everywhere.
+            fw.delete_table().unwrap();
+            fw.setup(&two_jails()).unwrap();
+            assert!(fw.has_counters(MAIL).unwrap());
+            fw.delete_table().unwrap();
+        });
+    }
+
+    #[test]
+    fn root_prefix_bans_add_list_cover_remove() {
+        in_netns(|| {
+            let mut fw = Firewall::open(TABLE).unwrap();
+            fw.setup(&two_jails()).unwrap();
+            fw.add_prefixes(&[
+                pban(MAIL, "2001:db8:1:2::/64", Some(600)),
+                pban(MAIL, "2001:db8:9::/48", None),
+                pban(MAIL, "2001:db8::5/128", Some(60)),
+                pban(MAIL, "ffff::/16", Some(60)), // reaches the top
+                pban(ALL, "2001:db8:1:2::/64", Some(60)), // other jail: separate
+            ])
+            .unwrap();
+            let l = fw.list_prefixes(MAIL).unwrap();
+            assert_eq!(
+                nets(&l),
+                [
+                    "2001:db8::5/128",
+                    "2001:db8:1:2::/64",
+                    "2001:db8:9::/48",
+                    "ffff::/16"
+                ]
+            );
+            let p = find_net(&l, "2001:db8:1:2::/64");
+            assert_eq!(p.timeout, Some(Duration::from_secs(600)));
+            assert!(p.expires.unwrap() > Duration::from_secs(595), "{p:?}");
+            assert_eq!(find_net(&l, "2001:db8:9::/48").expires, None);
+            let set = nft(&format!("list set inet {TABLE} mail_v6net"));
+            println!("{set}");
+            assert!(
+                set.contains("2001:db8:1:2::/64 counter packets 0 bytes 0 timeout 10m"),
+                "{set}"
+            );
+            assert!(set.contains("ffff::/16"), "{set}");
+            assert_eq!(fw.list_prefixes(ALL).unwrap().len(), 1);
+
+            // The same prefix again: new timeout.
+            fw.add_prefixes(&[pban(MAIL, "2001:db8:1:2::/64", Some(1200))])
+                .unwrap();
+            let p = find_net(&fw.list_prefixes(MAIL).unwrap(), "2001:db8:1:2::/64");
+            assert_eq!(p.timeout, Some(Duration::from_secs(1200)));
+            // A larger prefix replaces the smaller one inside it ...
+            fw.add_prefixes(&[pban(MAIL, "2001:db8:1::/48", Some(600))])
+                .unwrap();
+            let l = fw.list_prefixes(MAIL).unwrap();
+            assert_eq!(
+                nets(&l),
+                [
+                    "2001:db8::5/128",
+                    "2001:db8:1::/48",
+                    "2001:db8:9::/48",
+                    "ffff::/16"
+                ]
+            );
+            // ... and a smaller one inside a banned prefix is already banned.
+            fw.add_prefixes(&[
+                pban(MAIL, "2001:db8:1:7::/64", Some(600)),
+                pban(MAIL, "2001:db8:9:1::/64", Some(600)),
+            ])
+            .unwrap();
+            assert_eq!(fw.list_prefixes(MAIL).unwrap().len(), 4);
+            assert!(matches!(
+                fw.add_prefixes(&[pban(MAIL, "192.0.2.0/24", None)]),
+                Err(Error::Invalid(_))
+            ));
+
+            // Unban: exact prefixes only; absent ones are fine.
+            fw.remove_prefixes(
+                MAIL,
+                &[
+                    "2001:db8:1::/48".parse().unwrap(),
+                    "2001:db8:77::/48".parse().unwrap(),
+                    "ffff::/16".parse().unwrap(),
+                ],
+            )
+            .unwrap();
+            assert_eq!(
+                nets(&fw.list_prefixes(MAIL).unwrap()),
+                ["2001:db8::5/128", "2001:db8:9::/48"]
+            );
+            fw.remove_prefixes(
+                MAIL,
+                &[
+                    "2001:db8::5/128".parse().unwrap(),
+                    "2001:db8:9::/48".parse().unwrap(),
+                ],
+            )
+            .unwrap();
+            assert!(fw.list_prefixes(MAIL).unwrap().is_empty());
+            assert_eq!(fw.list_prefixes(ALL).unwrap().len(), 1);
+            fw.delete_table().unwrap();
+        });
+    }
+
+    #[test]
+    fn root_prefix_ban_refuses_addresses_inside() {
+        in_netns(|| {
+            if !lo_up() {
+                println!("skipped: cannot bring lo up with ip(8)");
+                return;
+            }
+            for a in ["2001:db8:1::5/128", "2001:db8:2::5/128"] {
+                let ok = Command::new("ip")
+                    .args(["-6", "addr", "add", a, "dev", "lo", "nodad"])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "ip -6 addr add {a} dev lo");
+            }
+            let mut fw = Firewall::open(TABLE).unwrap();
+            fw.setup(&two_jails()).unwrap();
+            let _l25 = TcpListener::bind("[::1]:25").unwrap();
+            let inside = ip("2001:db8:1::5");
+            let outside = ip("2001:db8:2::5");
+            let lo6 = ip("::1");
+            assert_eq!(connect_between(inside, lo6, 25), Ok(()));
+
+            fw.add_prefixes(&[pban(MAIL, "2001:db8:1::/64", Some(60))])
+                .unwrap();
+            assert_eq!(connect_between(inside, lo6, 25), Err(Errno::ECONNREFUSED));
+            assert_eq!(connect_between(outside, lo6, 25), Ok(()));
+            let p = find_net(&fw.list_prefixes(MAIL).unwrap(), "2001:db8:1::/64");
+            assert_eq!(p.packets, 1, "{p:?}");
+            assert!(p.bytes >= 60, "{p:?}");
+
+            fw.remove_prefixes(MAIL, &["2001:db8:1::/64".parse().unwrap()])
+                .unwrap();
+            assert_eq!(connect_between(inside, lo6, 25), Ok(()));
+            fw.delete_table().unwrap();
         });
     }
 }

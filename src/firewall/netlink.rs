@@ -7,7 +7,7 @@
 //! those headers. Integers in netlink headers and attribute headers are in
 //! host byte order; nf_tables attribute payloads are big-endian.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag};
@@ -32,6 +32,8 @@ const NLA_HDRLEN: usize = 4;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+/// `enum nfnetlink_groups`: the nf_tables change notifications.
+const NFNLGRP_NFTABLES: u32 = 7;
 /// Size of `struct nfgenmsg`, which follows every nfnetlink header.
 pub(crate) const NFGENMSG_LEN: usize = 4;
 
@@ -43,17 +45,21 @@ pub(crate) const NFPROTO_IPV6: u8 = 10;
 
 // linux/netfilter/nf_tables.h: message types.
 pub(crate) const NFT_MSG_NEWTABLE: u8 = 0;
+pub(crate) const NFT_MSG_GETTABLE: u8 = 1;
 pub(crate) const NFT_MSG_DELTABLE: u8 = 2;
 pub(crate) const NFT_MSG_NEWCHAIN: u8 = 3;
 pub(crate) const NFT_MSG_GETCHAIN: u8 = 4;
 pub(crate) const NFT_MSG_DELCHAIN: u8 = 5;
 pub(crate) const NFT_MSG_NEWRULE: u8 = 6;
+pub(crate) const NFT_MSG_GETRULE: u8 = 7;
+pub(crate) const NFT_MSG_DELRULE: u8 = 8;
 pub(crate) const NFT_MSG_NEWSET: u8 = 9;
 pub(crate) const NFT_MSG_GETSET: u8 = 10;
 pub(crate) const NFT_MSG_DELSET: u8 = 11;
 pub(crate) const NFT_MSG_NEWSETELEM: u8 = 12;
 pub(crate) const NFT_MSG_GETSETELEM: u8 = 13;
 pub(crate) const NFT_MSG_DELSETELEM: u8 = 14;
+pub(crate) const NFT_MSG_NEWGEN: u8 = 15;
 pub(crate) const NFT_MSG_GETGEN: u8 = 16;
 
 // linux/netfilter/nf_tables.h: attributes.
@@ -96,18 +102,27 @@ pub(crate) const NFTA_SET_FLAGS: u16 = 3;
 pub(crate) const NFTA_SET_KEY_TYPE: u16 = 4;
 pub(crate) const NFTA_SET_KEY_LEN: u16 = 5;
 pub(crate) const NFTA_SET_ID: u16 = 10;
+pub(crate) const NFTA_SET_EXPR: u16 = 17;
+pub(crate) const NFTA_SET_EXPRESSIONS: u16 = 18;
 pub(crate) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub(crate) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub(crate) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 pub(crate) const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 pub(crate) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(crate) const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub(crate) const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 pub(crate) const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+pub(crate) const NFTA_SET_ELEM_EXPR: u16 = 7;
+pub(crate) const NFTA_SET_ELEM_EXPRESSIONS: u16 = 11;
+pub(crate) const NFTA_COUNTER_BYTES: u16 = 1;
+pub(crate) const NFTA_COUNTER_PACKETS: u16 = 2;
 
 // linux/netfilter/nf_tables.h: values.
 pub(crate) const NFT_SET_ANONYMOUS: u32 = 0x1;
 pub(crate) const NFT_SET_CONSTANT: u32 = 0x2;
+pub(crate) const NFT_SET_INTERVAL: u32 = 0x4;
 pub(crate) const NFT_SET_TIMEOUT: u32 = 0x10;
+pub(crate) const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 pub(crate) const NFT_REG_1: u32 = 1;
 pub(crate) const NFT_META_NFPROTO: u32 = 15;
 pub(crate) const NFT_META_L4PROTO: u32 = 16;
@@ -254,6 +269,15 @@ impl MsgBuf {
     /// Appends a big-endian u64 attribute.
     pub(crate) fn put_be64(&mut self, ty: u16, v: u64) {
         self.put(ty, &v.to_be_bytes());
+    }
+
+    /// Sets the `nlmsg_pid` of the message started at `start`, as the
+    /// kernel fills it in notifications; for tests.
+    #[cfg(test)]
+    pub(crate) fn set_pid_for_test(&mut self, start: usize, pid: u32) {
+        if let Some(b) = self.buf.get_mut(start + 12..start + 16) {
+            b.copy_from_slice(&pid.to_ne_bytes());
+        }
     }
 
     /// Opens a nested attribute; returns its offset for [`MsgBuf::end_nest`].
@@ -411,6 +435,9 @@ pub(crate) struct NlMsg<'a> {
     pub(crate) flags: u16,
     /// nlmsg_seq.
     pub(crate) seq: u32,
+    /// nlmsg_pid: in notifications, the port of the socket whose request
+    /// caused the change (0 for the kernel itself).
+    pub(crate) pid: u32,
     /// Everything after the 16-byte header.
     pub(crate) payload: &'a [u8],
 }
@@ -467,6 +494,7 @@ impl<'a> Iterator for Messages<'a> {
             ty: u16::from_ne_bytes([r[4], r[5]]),
             flags: u16::from_ne_bytes([r[6], r[7]]),
             seq: u32::from_ne_bytes([r[8], r[9], r[10], r[11]]),
+            pid: u32::from_ne_bytes([r[12], r[13], r[14], r[15]]),
             payload: &r[NLMSG_HDRLEN..len],
         };
         self.rest = r.get(align4(len)..).unwrap_or(&[]);
@@ -575,6 +603,13 @@ impl Socket {
             recv: vec![0; RECV_BUFFER],
             send_limit,
         })
+    }
+
+    /// The port id the kernel gave the socket when it was bound; the
+    /// change notifications its batches cause carry it as `nlmsg_pid`.
+    pub(crate) fn portid(&self) -> Result<u32, Errno> {
+        let addr: NetlinkAddr = socket::getsockname(self.fd.as_raw_fd())?;
+        Ok(addr.pid())
     }
 
     /// Lowers the batch size limit, for tests.
@@ -788,6 +823,133 @@ impl Socket {
             }
         }
         Err(RequestError::Errno(Errno::EINTR))
+    }
+}
+
+/// A non-blocking `NETLINK_NETFILTER` socket subscribed to the nf_tables
+/// change notifications (multicast group NFNLGRP_NFTABLES).
+pub(crate) struct Listener {
+    fd: OwnedFd,
+    recv: Vec<u8>,
+}
+
+// linux/filter.h: classic BPF opcodes for the socket filter.
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_RET_K: u16 = 0x06;
+
+impl Listener {
+    /// Opens the socket and joins the group. With `ignore_port`, a socket
+    /// filter drops in the kernel every notification caused by that port
+    /// (one transaction's notifications share one port id, and the kernel
+    /// packs them into datagrams of one transaction only), so banjo's own
+    /// bulk bans never fill the receive buffer.
+    pub(crate) fn open(ignore_port: Option<u32>) -> Result<Listener, (&'static str, Errno)> {
+        let fd = socket::socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockProtocol::NetlinkNetFilter,
+        )
+        .map_err(|e| ("opening a NETLINK_NETFILTER socket for notifications", e))?;
+        if let Some(port) = ignore_port {
+            attach_port_filter(&fd, port)
+                .map_err(|e| ("attaching the notification socket filter", e))?;
+        }
+        if socket::setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = socket::setsockopt(&fd, sockopt::RcvBuf, &SOCKET_BUFFER);
+        }
+        // Joining a group at bind time takes a bitmask of groups 1..=32.
+        socket::bind(
+            fd.as_raw_fd(),
+            &NetlinkAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)),
+        )
+        .map_err(|e| ("joining the nf_tables notification group", e))?;
+        Ok(Listener {
+            fd,
+            recv: vec![0; RECV_BUFFER],
+        })
+    }
+
+    /// Receives one pending datagram: `Ok(None)` when none is pending,
+    /// `Err(ENOBUFS)` when the kernel had to drop notifications.
+    pub(crate) fn recv(&mut self) -> Result<Option<&[u8]>, Errno> {
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
+        match socket::recv(self.fd.as_raw_fd(), &mut self.recv, flags) {
+            // A notification is at most a page or two; a longer one was
+            // cut short, which is as good as lost.
+            Ok(n) if n > self.recv.len() => Err(Errno::ENOBUFS),
+            Ok(n) => Ok(self.recv.get(..n)),
+            Err(Errno::EAGAIN) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Shrinks the receive buffer, for tests of the overrun path.
+    #[cfg(test)]
+    pub(crate) fn set_rcvbuf_for_test(&self, bytes: usize) {
+        let _ = socket::setsockopt(&self.fd, sockopt::RcvBufForce, &bytes);
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Attaches a classic BPF filter that drops datagrams whose first
+/// `nlmsg_pid` is `port`. BPF loads are big-endian while netlink headers
+/// are in host order, hence the byte swap of the constant.
+fn attach_port_filter(fd: &OwnedFd, port: u32) -> Result<(), Errno> {
+    let pid_be = u32::from_be_bytes(port.to_ne_bytes());
+    let mut program = [
+        // A = nlmsg_pid (offset 12 of struct nlmsghdr)
+        libc::sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 12,
+        },
+        // if A == port goto drop else goto accept
+        libc::sock_filter {
+            code: BPF_JMP_JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: pid_be,
+        },
+        libc::sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points to `program`, which outlives the call; the
+    // kernel copies the filter and checks the option length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::addr_of!(prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
     }
 }
 

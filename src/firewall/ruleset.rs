@@ -1,24 +1,30 @@
 //! The table, the per-jail sets, the `input` chain and its rules, encoded
 //! as nf_tables messages for the setup batch.
 //!
-//! Per jail and family the rules are (shown as `nft list ruleset` prints them):
+//! Per jail and set (`_v4`, `_v6`, `_v6net`) the rules are (shown as
+//! `nft list ruleset` prints them):
 //!
 //! ```text
-//! ip saddr @postfix_v4 tcp dport { 25, 465, 587 } reject with tcp reset
-//! ip saddr @postfix_v4 tcp dport 8000-8010 reject with tcp reset
-//! ip saddr @sshd_v4 udp dport 53 reject                          (icmpx port-unreachable)
-//! ip saddr @recidive_v4 meta l4proto tcp reject with tcp reset   (allports)
+//! tcp dport { 25, 465, 587 } ip saddr @postfix_v4 reject with tcp reset
+//! tcp dport 8000-8010 ip saddr @postfix_v4 reject with tcp reset
+//! udp dport 53 ip saddr @sshd_v4 reject                          (icmpx port-unreachable)
+//! meta l4proto tcp ip saddr @recidive_v4 reject with tcp reset   (allports)
 //! ip saddr @recidive_v4 reject                                   (allports, everything else)
 //! ```
+//!
+//! The set lookup comes last: a matching lookup bumps the element's
+//! counter, so it must only run for packets the rule then rejects.
 //!
 //! Single ports share one anonymous constant set per rule (one port: a
 //! plain comparison); each real range gets its own rule with a `range`
 //! expression, which avoids anonymous interval sets and their
 //! end-marker encoding.
 
+use std::collections::HashMap;
+
 use crate::jail::{Jail, Ports, Protocol};
 
-use super::elements::push_message;
+use super::elements::{push_message, Wire};
 use super::netlink::*;
 
 /// The one base chain banjo owns in its table.
@@ -37,20 +43,25 @@ const TYPE_INET_SERVICE: u32 = 13;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-/// An address family of the inet table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kind of a jail's set: one per address family, plus IPv6 prefixes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
-    /// IPv4: sets `<jail>_v4`.
+    /// IPv4 addresses: sets `<jail>_v4`.
     V4,
-    /// IPv6: sets `<jail>_v6`.
+    /// IPv6 addresses: sets `<jail>_v6`.
     V6,
+    /// IPv6 prefixes: interval sets `<jail>_v6net`.
+    V6Net,
 }
 
 impl Family {
-    /// Both families, v4 first.
+    /// The two address families, v4 first.
     pub(crate) const BOTH: [Family; 2] = [Family::V4, Family::V6];
 
-    /// The family of an address.
+    /// Every set a jail has, in creation order.
+    pub(crate) const ALL: [Family; 3] = [Family::V4, Family::V6, Family::V6Net];
+
+    /// The family of an address (never `V6Net`).
     pub(crate) fn of(ip: std::net::IpAddr) -> Family {
         if ip.is_ipv4() {
             Family::V4
@@ -64,20 +75,31 @@ impl Family {
         match self {
             Family::V4 => "_v4",
             Family::V6 => "_v6",
+            Family::V6Net => "_v6net",
         }
+    }
+
+    /// The jail a set of this kind belongs to, if `set` is one.
+    pub(crate) fn jail_of(set: &str) -> Option<(&str, Family)> {
+        Family::ALL.into_iter().find_map(|f| {
+            set.strip_suffix(f.suffix())
+                .filter(|j| !j.is_empty())
+                .map(|j| (j, f))
+        })
     }
 
     fn label(self) -> &'static str {
         match self {
             Family::V4 => "ipv4",
             Family::V6 => "ipv6",
+            Family::V6Net => "ipv6 prefix",
         }
     }
 
     fn nfproto(self) -> u8 {
         match self {
             Family::V4 => NFPROTO_IPV4,
-            Family::V6 => NFPROTO_IPV6,
+            Family::V6 | Family::V6Net => NFPROTO_IPV6,
         }
     }
 
@@ -85,21 +107,38 @@ impl Family {
     fn saddr(self) -> (u32, u32) {
         match self {
             Family::V4 => (12, 4),
-            Family::V6 => (8, 16),
+            Family::V6 | Family::V6Net => (8, 16),
         }
     }
 
     fn key_type(self) -> u32 {
         match self {
             Family::V4 => TYPE_IPV4_ADDR,
-            Family::V6 => TYPE_IPV6_ADDR,
+            Family::V6 | Family::V6Net => TYPE_IPV6_ADDR,
+        }
+    }
+
+    /// The set's flags: every element may carry a timeout; prefixes are
+    /// stored as intervals.
+    pub(crate) fn set_flags(self) -> u32 {
+        match self {
+            Family::V4 | Family::V6 => NFT_SET_TIMEOUT,
+            Family::V6Net => NFT_SET_INTERVAL | NFT_SET_TIMEOUT,
         }
     }
 }
 
-/// The set holding a jail's bans of one family.
+/// The set holding a jail's bans of one kind.
 pub(crate) fn set_name(jail: &str, family: Family) -> String {
     format!("{jail}{}", family.suffix())
+}
+
+/// What setup needs to know about a set that already exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Existing {
+    /// Whether its elements carry counters (sets made before banjo added
+    /// them do not, and a set's expressions cannot change in place).
+    pub(crate) counter: bool,
 }
 
 /// What a rule matches on the destination port.
@@ -210,14 +249,18 @@ impl Ids {
 
 /// Appends the whole setup to `batch`: table (kept if present), the
 /// dropped jails' sets deleted, every jail's sets (kept with their
-/// elements if present), and the chain replaced with fresh rules.
+/// elements if present), and the chain replaced with fresh rules. A set
+/// in `existing` is re-declared exactly as it is (the kernel refuses a
+/// NEWSET that differs from the set it names); a new set gets a counter
+/// on every element. Returns the number of rules in the chain.
 pub(crate) fn encode_setup(
     batch: &mut Batch,
     table: &str,
     jails: &[Jail],
     chain_exists: bool,
     stale_sets: &[String],
-) {
+    existing: &HashMap<String, Existing>,
+) -> usize {
     let mut ids = Ids(0);
     let m = batch.begin(
         NFT_MSG_NEWTABLE,
@@ -254,8 +297,9 @@ pub(crate) fn encode_setup(
     }
 
     for jail in jails {
-        for family in Family::BOTH {
+        for family in Family::ALL {
             let name = set_name(&jail.name, family);
+            let counter = existing.get(&name).map_or(true, |e| e.counter);
             let m = batch.begin(
                 NFT_MSG_NEWSET,
                 NLM_F_CREATE,
@@ -265,10 +309,19 @@ pub(crate) fn encode_setup(
             let buf = batch.buf();
             buf.put_str(NFTA_SET_TABLE, table);
             buf.put_str(NFTA_SET_NAME, &name);
-            buf.put_be32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT);
+            buf.put_be32(NFTA_SET_FLAGS, family.set_flags());
             buf.put_be32(NFTA_SET_KEY_TYPE, family.key_type());
             buf.put_be32(NFTA_SET_KEY_LEN, family.saddr().1);
             buf.put_be32(NFTA_SET_ID, ids.next());
+            if counter {
+                // One expression: NFTA_SET_EXPR (NFTA_SET_EXPRESSIONS
+                // would also need the NFT_SET_EXPR flag), as nft sends it.
+                let e = buf.begin_nest(NFTA_SET_EXPR);
+                buf.put_str(NFTA_EXPR_NAME, "counter");
+                let d = buf.begin_nest(NFTA_EXPR_DATA);
+                buf.end_nest(d);
+                buf.end_nest(e);
+            }
             batch.end(m);
         }
     }
@@ -291,14 +344,17 @@ pub(crate) fn encode_setup(
     buf.put_str(NFTA_CHAIN_TYPE, "filter");
     batch.end(m);
 
+    let mut rules = 0;
     for jail in jails {
         let specs = rule_specs(jail);
-        for family in Family::BOTH {
+        for family in Family::ALL {
             for spec in &specs {
                 encode_rule(batch, table, &jail.name, family, spec, &mut ids);
+                rules += 1;
             }
         }
     }
+    rules
 }
 
 fn encode_rule(
@@ -333,7 +389,9 @@ fn encode_rule(
             table,
             ANON_SET,
             Some(id),
-            &mut ports.iter().map(|p| (p.to_be_bytes().to_vec(), None)),
+            &mut ports
+                .iter()
+                .map(|p| Wire::key(p.to_be_bytes().to_vec(), None)),
             format!("{step}: filling its port set"),
         );
         Some(id)
@@ -351,11 +409,9 @@ fn encode_rule(
     buf.put_str(NFTA_RULE_TABLE, table);
     buf.put_str(NFTA_RULE_CHAIN, CHAIN);
     let exprs = buf.begin_nest(NFTA_RULE_EXPRESSIONS);
-    meta(buf, NFT_META_NFPROTO);
-    cmp_eq(buf, &[family.nfproto()]);
-    let (offset, len) = family.saddr();
-    payload(buf, NFT_PAYLOAD_NETWORK_HEADER, offset, len);
-    lookup(buf, &set_name(jail, family), None);
+    // Protocol and port first, the set lookup last: a lookup that matches
+    // bumps the element's counter, so it must only run for packets the
+    // rule then rejects.
     if let Some(l4) = spec.l4 {
         meta(buf, NFT_META_L4PROTO);
         cmp_eq(buf, &[l4]);
@@ -370,6 +426,11 @@ fn encode_rule(
         PortMatch::Set(_) => lookup(buf, ANON_SET, anon),
         PortMatch::Range(a, b) => range(buf, *a, *b),
     }
+    meta(buf, NFT_META_NFPROTO);
+    cmp_eq(buf, &[family.nfproto()]);
+    let (offset, len) = family.saddr();
+    payload(buf, NFT_PAYLOAD_NETWORK_HEADER, offset, len);
+    lookup(buf, &set_name(jail, family), None);
     reject(buf, spec.reject);
     buf.end_nest(exprs);
     batch.end(m);
@@ -518,10 +579,18 @@ mod tests {
             jail("b", Ports::All, Protocol::Tcp),
         ];
         let mut batch = Batch::new(1);
-        encode_setup(&mut batch, "banjo", &jails, true, &["old_v4".into()]);
-        // table, delchain, delset, 4 sets, chain, jail a: per family
-        // (anon set + elements + rule, range rule), jail b: 2 rules per family.
-        assert_eq!(batch.messages(), 1 + 1 + 1 + 4 + 1 + 2 * 4 + 2 * 2);
+        let rules = encode_setup(
+            &mut batch,
+            "banjo",
+            &jails,
+            true,
+            &["old_v4".into()],
+            &HashMap::new(),
+        );
+        // table, delchain, delset, 6 sets, chain, jail a: per set
+        // (anon set + elements + rule, range rule), jail b: 2 rules per set.
+        assert_eq!(batch.messages(), 1 + 1 + 1 + 6 + 1 + 3 * 4 + 3 * 2);
+        assert_eq!(rules, 3 * 2 + 3 * 2);
         assert!(batch.step(2).contains("old_v4"));
         assert!(batch.buf().check().is_ok());
     }
