@@ -46,6 +46,7 @@ fn jail(k: usize) -> Jail {
         input: Default::default(),
         increment: None,
         ignoreself: false,
+        ipv6_prefix: None,
         maxretry: 5,
         findtime: Duration::from_secs(600),
         bantime: Bantime::For(Duration::from_secs(3600)),

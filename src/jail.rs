@@ -60,6 +60,17 @@ pub struct Increment {
     pub overalljails: bool,
 }
 
+/// IPv6 attackers rotate addresses inside one prefix; when `threshold`
+/// distinct addresses of one `/len` are banned at once, the whole prefix
+/// is banned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixPolicy {
+    /// The prefix length, e.g. 64.
+    pub len: u8,
+    /// Distinct banned addresses in one prefix that ban the prefix.
+    pub threshold: u32,
+}
+
 /// An inclusive port range; a single port has `first == last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRange {
@@ -190,6 +201,8 @@ pub struct Jail {
     pub ignoreip: Vec<IpNet>,
     /// `ignoreself`: the host's own addresses are never counted nor banned.
     pub ignoreself: bool,
+    /// IPv6 prefix widening (`ipv6_prefix`, `ipv6_prefix_threshold`).
+    pub ipv6_prefix: Option<PrefixPolicy>,
     /// Destination ports the ban blocks.
     pub ports: Ports,
     /// Transport protocol of `ports`.

@@ -88,7 +88,11 @@ pub struct Journal {
 impl Journal {
     /// Opens `source` filtered to the OR of `matches` (at most
     /// [`MAX_MATCHES`]); `want_line` makes each entry carry fail2ban's line.
-    pub fn open(source: &Source, matches: &[JournalMatch], want_line: bool) -> Result<Journal, Error> {
+    pub fn open(
+        source: &Source,
+        matches: &[JournalMatch],
+        want_line: bool,
+    ) -> Result<Journal, Error> {
         if matches.len() > MAX_MATCHES {
             return Err(Error {
                 step: "adding journal matches".into(),

@@ -37,8 +37,11 @@ pub struct Position {
 pub struct SavedBan {
     /// The jail's name (ids change between configurations).
     pub jail: String,
-    /// The banned address.
+    /// The banned address (the network address, for a prefix ban).
     pub ip: std::net::IpAddr,
+    /// The prefix length of a prefix ban; `None` for one address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
     /// When it ends; `None` for a permanent ban.
     pub until: Option<Micros>,
     /// Its full length in seconds; `None` for a permanent ban.
@@ -208,6 +211,7 @@ mod tests {
             bans: vec![SavedBan {
                 jail: "postfix".into(),
                 ip: "192.0.2.1".parse().unwrap(),
+                prefix: None,
                 until: Some(99),
                 bantime: Some(3600),
             }],

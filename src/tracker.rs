@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::jail::{Bantime, Increment, Jail, JailId};
+use crate::jail::{Bantime, Increment, Jail, JailId, PrefixPolicy};
 use crate::net::IpNet;
 use crate::ticket::{Ban, Failure, Micros};
 
@@ -66,6 +66,7 @@ struct Policy {
     increment: Option<Increment>,
     ignoreip: Vec<IpNet>,
     ignoreself: bool,
+    prefix: Option<PrefixPolicy>,
 }
 
 impl Policy {
@@ -89,6 +90,26 @@ pub struct Tracker {
     seed: u64,
     /// The host's own addresses (sorted), for `ignoreself`.
     own: Vec<IpAddr>,
+    /// Banned IPv6 addresses per jail and prefix, with their end, for
+    /// prefix widening.
+    prefix_members: HashMap<(JailId, IpNet), Vec<(IpAddr, Micros)>>,
+    /// Active prefix bans.
+    prefix_banned: HashMap<(JailId, IpNet), ActiveBan>,
+    /// Prefix bans decided but not yet taken by [`Tracker::take_prefix_bans`].
+    pending_prefixes: Vec<PrefixBan>,
+}
+
+/// A decision to ban a whole IPv6 prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixBan {
+    /// The jail that bans.
+    pub jail: JailId,
+    /// The network.
+    pub net: IpNet,
+    /// Its length.
+    pub bantime: Bantime,
+    /// When it started.
+    pub time: Micros,
 }
 
 impl Tracker {
@@ -104,6 +125,7 @@ impl Tracker {
                 increment: j.increment.clone(),
                 ignoreip: j.ignoreip.clone(),
                 ignoreself: j.ignoreself,
+                prefix: j.ipv6_prefix,
             })
             .collect();
         Tracker {
@@ -113,6 +135,9 @@ impl Tracker {
             history: HashMap::new(),
             seed,
             own: Vec::new(),
+            prefix_members: HashMap::new(),
+            prefix_banned: HashMap::new(),
+            pending_prefixes: Vec::new(),
         }
     }
 
@@ -148,6 +173,9 @@ impl Tracker {
                 return Verdict::AlreadyBanned;
             }
             self.banned.remove(&key);
+        }
+        if self.in_banned_prefix(failure.jail, ip, failure.time) {
+            return Verdict::AlreadyBanned;
         }
         match self.count(key, failure.time, maxretry, findtime) {
             Some(failures) => Verdict::Counted { failures },
@@ -239,6 +267,7 @@ impl Tracker {
         });
         entry.count = entry.count.saturating_add(1);
         entry.last = time;
+        self.widen(jail, ip, time, until, bantime);
         Ban {
             jail,
             ip,
@@ -246,6 +275,85 @@ impl Tracker {
             time,
             count: previous.saturating_add(1),
         }
+    }
+
+    fn prefix_of(&self, jail: JailId, ip: IpAddr) -> Option<IpNet> {
+        let policy = self.policies.get(jail.index())?.prefix?;
+        match ip {
+            IpAddr::V6(_) => IpNet::new(ip, policy.len),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    fn in_banned_prefix(&self, jail: JailId, ip: IpAddr, time: Micros) -> bool {
+        self.prefix_of(jail, ip)
+            .and_then(|net| self.prefix_banned.get(&(jail, net)))
+            .is_some_and(|b| time < b.until)
+    }
+
+    /// Counts a new IPv6 ban towards its prefix; at the threshold, the
+    /// prefix itself is banned (as long as the longest member ban).
+    fn widen(&mut self, jail: JailId, ip: IpAddr, time: Micros, until: Micros, bantime: Bantime) {
+        let (Some(net), Some(policy)) = (
+            self.prefix_of(jail, ip),
+            self.policies.get(jail.index()).and_then(|p| p.prefix),
+        ) else {
+            return;
+        };
+        if self.in_banned_prefix(jail, ip, time) {
+            return;
+        }
+        let members = self.prefix_members.entry((jail, net)).or_default();
+        members.retain(|(a, end)| *end > time && *a != ip);
+        members.push((ip, until));
+        if members.len() < policy.threshold as usize {
+            return;
+        }
+        let until = members.iter().map(|(_, end)| *end).max().unwrap_or(until);
+        let bantime = if until == Micros::MAX {
+            Bantime::Permanent
+        } else {
+            match bantime {
+                Bantime::For(_) => Bantime::For(std::time::Duration::from_micros(until - time)),
+                Bantime::Permanent => Bantime::Permanent,
+            }
+        };
+        self.prefix_members.remove(&(jail, net));
+        self.prefix_banned
+            .insert((jail, net), ActiveBan { until, bantime });
+        self.pending_prefixes.push(PrefixBan {
+            jail,
+            net,
+            bantime,
+            time,
+        });
+    }
+
+    /// The prefix bans decided since the last call.
+    pub fn take_prefix_bans(&mut self) -> Vec<PrefixBan> {
+        std::mem::take(&mut self.pending_prefixes)
+    }
+
+    /// Every active prefix ban (for the state file and reconciliation).
+    pub fn active_prefix_bans(&self) -> impl Iterator<Item = (JailId, IpNet, ActiveBan)> + '_ {
+        self.prefix_banned.iter().map(|((j, n), b)| (*j, *n, *b))
+    }
+
+    /// Restores a prefix ban (state file, or found in the kernel).
+    pub fn restore_prefix_ban(&mut self, jail: JailId, net: IpNet, ban: ActiveBan) {
+        if jail.index() < self.policies.len() {
+            self.prefix_banned.insert((jail, net), ban);
+        }
+    }
+
+    /// Forgets a prefix ban (a manual unban).
+    pub fn forget_prefix_ban(&mut self, jail: JailId, net: IpNet) -> bool {
+        self.prefix_banned.remove(&(jail, net)).is_some()
+    }
+
+    /// Whether a prefix ban is active.
+    pub fn active_prefix_ban(&self, jail: JailId, net: IpNet) -> Option<ActiveBan> {
+        self.prefix_banned.get(&(jail, net)).copied()
     }
 
     /// Previous bans of `ip` that count for `jail`'s escalation.
@@ -278,6 +386,11 @@ impl Tracker {
                 .is_some_and(|t| *t > now.saturating_sub(findtime))
         });
         self.banned.retain(|_, ban| ban.until > now);
+        self.prefix_banned.retain(|_, ban| ban.until > now);
+        self.prefix_members.retain(|_, members| {
+            members.retain(|(_, end)| *end > now);
+            !members.is_empty()
+        });
         self.history.retain(|(jail, _), h| {
             let keep = policies
                 .get(jail.index())
@@ -426,6 +539,7 @@ mod tests {
             bantime,
             ignoreip: ignoreip.iter().map(|s| s.parse().unwrap()).collect(),
             ignoreself: true,
+            ipv6_prefix: None,
             ports: Ports::All,
             protocol: Protocol::Tcp,
         }
@@ -654,5 +768,33 @@ mod tests {
         t.observe(&fail("192.0.2.1", 0));
         t.expire(fail("192.0.2.1", 0).time + HISTORY_KEEP + 1);
         assert_eq!(t.ban_count(JailId(0), "192.0.2.1".parse().unwrap()), 0);
+    }
+
+    #[test]
+    fn three_addresses_of_one_64_ban_the_prefix() {
+        let mut j = jail(1, 60, ten_min(), &[]);
+        j.ipv6_prefix = Some(PrefixPolicy {
+            len: 64,
+            threshold: 3,
+        });
+        let mut t = Tracker::new(&[j], 7);
+        t.observe(&fail("2001:db8:1::1", 0));
+        t.observe(&fail("2001:db8:1::2", 1));
+        t.observe(&fail("2001:db8:2::3", 2)); // another /64
+        assert!(t.take_prefix_bans().is_empty());
+        t.observe(&fail("2001:db8:1::3", 3));
+        let bans = t.take_prefix_bans();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].net.to_string(), "2001:db8:1::/64");
+        // Lasts as long as the longest member ban: 600 s from the first.
+        assert_eq!(bans[0].bantime, Bantime::For(Duration::from_secs(600)));
+        // A new address of that prefix is already banned.
+        assert_eq!(
+            t.observe(&fail("2001:db8:1::99", 4)),
+            Verdict::AlreadyBanned
+        );
+        // IPv4 is never widened.
+        assert!(matches!(t.observe(&fail("192.0.2.1", 5)), Verdict::Ban(_)));
+        assert!(t.take_prefix_bans().is_empty());
     }
 }

@@ -370,3 +370,138 @@ fn a_corrupt_state_file_is_moved_aside_and_banjo_starts() {
         banjo.log()
     );
 }
+
+#[test]
+fn flushed_ruleset_is_rebuilt_with_its_bans_within_a_second() {
+    if !root_or_skip("flushed_ruleset_is_rebuilt_with_its_bans_within_a_second") {
+        return;
+    }
+    let ns = Netns::new();
+    let journal = JournalDir::new();
+    let dir = TempDir::new("heal");
+    let table = unique("t");
+    let config = write_config(dir.path(), journal.path(), &table, JAILS);
+    let banjo = Banjo::start(&ns, &config);
+    assert_eq!(
+        cli(&config, &["ban", "mail", "203.0.113.80", "203.0.113.81"]).0,
+        0
+    );
+    assert_eq!(
+        cli(&config, &["ban", "other", "2001:db8::80", "--for", "1h"]).0,
+        0
+    );
+    for how in [
+        vec!["flush", "ruleset"],
+        vec!["delete", "table", "inet", &table],
+        vec!["flush", "chain", "inet", &table, "input"],
+    ] {
+        let t0 = Instant::now();
+        ns.exec("nft", &how);
+        let healed = eventually(Duration::from_secs(3), || {
+            banned_ips(&ns, &table, "mail") == vec![ip("203.0.113.80"), ip("203.0.113.81")]
+                && banned_ips(&ns, &table, "other") == vec![ip("2001:db8::80")]
+                && ns
+                    .exec("nft", &["list", "chain", "inet", &table, "input"])
+                    .contains("mail_v4")
+        });
+        let took = t0.elapsed();
+        println!(
+            "self-healing after `nft {}`: {:.0} ms",
+            how.join(" "),
+            took.as_secs_f64() * 1e3
+        );
+        assert!(
+            healed && took < Duration::from_secs(1),
+            "{how:?}: {took:?} {:?}",
+            banjo.log()
+        );
+        // The remaining time is kept, not restarted.
+        let e = nft_elements(&ns, &table, "other_v6");
+        assert!(e[0].expires.is_some_and(|x| x <= 3600), "{e:?}");
+    }
+    assert!(banjo
+        .log()
+        .iter()
+        .any(|l| l.contains("changed behind banjo's back")));
+
+    // Deleting one element by hand is a manual unban: not put back.
+    ns.exec(
+        "nft",
+        &[
+            "delete",
+            "element",
+            "inet",
+            &table,
+            "mail_v4",
+            "{ 203.0.113.80 }",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(banned_ips(&ns, &table, "mail"), vec![ip("203.0.113.81")]);
+    assert!(
+        banjo
+            .log()
+            .iter()
+            .any(|l| l.contains("Unban 203.0.113.80 (removed from the set by hand)")),
+        "{:?}",
+        banjo.log()
+    );
+    let status = json(&config, &["status", "mail"]);
+    assert_eq!(status["currently_banned"], 1);
+}
+
+#[test]
+fn three_addresses_of_one_64_ban_the_whole_prefix() {
+    if !root_or_skip("three_addresses_of_one_64_ban_the_whole_prefix") {
+        return;
+    }
+    let ns = Netns::new();
+    let mut journal = JournalDir::new();
+    let dir = TempDir::new("v6net");
+    let table = unique("t");
+    let jails = r#"
+[jail.six]
+failregex = ['lost connection after AUTH from (.*)\[<HOST>\]']
+maxretry = 1
+bantime = "1h"
+ipv6_prefix = 64
+ipv6_prefix_threshold = 3
+port = "smtp"
+"#;
+    let config = write_config(dir.path(), journal.path(), &table, jails);
+    journal.append(&Entry::smtpd(
+        now_micros(),
+        "connect from unknown[198.51.100.1]",
+    ));
+    let _banjo = Banjo::start(&ns, &config);
+    for a in ["2001:db8:7::1", "2001:db8:7::2", "2001:db8:8::1"] {
+        journal.append(&Entry::smtpd(now_micros(), &flood(a)));
+    }
+    assert!(eventually(Duration::from_secs(5), || banned_ips(
+        &ns, &table, "six"
+    )
+    .len()
+        == 3));
+    let prefixes = ns.exec("nft", &["list", "set", "inet", &table, "six_v6net"]);
+    assert!(
+        !prefixes.contains("2001:db8:7::/64"),
+        "two are not enough: {prefixes}"
+    );
+    journal.append(&Entry::smtpd(now_micros(), &flood("2001:db8:7::3")));
+    assert!(eventually(Duration::from_secs(5), || ns
+        .exec("nft", &["list", "set", "inet", &table, "six_v6net"])
+        .contains("2001:db8:7::/64")));
+    let status = json(&config, &["status", "six"]);
+    let listed: Vec<&str> = status["banned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["ip"].as_str())
+        .collect();
+    assert!(listed.contains(&"2001:db8:7::/64"), "{status}");
+    assert!(status["banned"][0]["packets"].is_u64(), "{status}");
+    assert_eq!(cli(&config, &["unban", "2001:db8:7::/64"]).0, 0);
+    assert!(!ns
+        .exec("nft", &["list", "set", "inet", &table, "six_v6net"])
+        .contains("2001:db8:7::/64"));
+}

@@ -471,6 +471,38 @@ impl Resolver<'_> {
         };
 
         let increment = self.increment(name, jail, defaults)?;
+        let ipv6_prefix = match pick(&jail.ipv6_prefix, &defaults.ipv6_prefix) {
+            Some(len) => {
+                let len_ok = u8::try_from(*len.get_ref())
+                    .ok()
+                    .filter(|l| (1..=127).contains(l));
+                let len = len_ok.ok_or_else(|| {
+                    self.bad(
+                        len.span(),
+                        name,
+                        "ipv6_prefix",
+                        format!("{} is not a prefix length (1-127)", len.get_ref()),
+                    )
+                })?;
+                let threshold =
+                    match pick(&jail.ipv6_prefix_threshold, &defaults.ipv6_prefix_threshold) {
+                        Some(t) => u32::try_from(*t.get_ref())
+                            .ok()
+                            .filter(|n| *n >= 2)
+                            .ok_or_else(|| {
+                                self.bad(
+                                    t.span(),
+                                    name,
+                                    "ipv6_prefix_threshold",
+                                    format!("{} is not a count of at least 2", t.get_ref()),
+                                )
+                            })?,
+                        None => 3,
+                    };
+                Some(crate::jail::PrefixPolicy { len, threshold })
+            }
+            None => None,
+        };
 
         let mut ignoreip = Vec::new();
         if let Some(v) = pick(&jail.ignoreip, &defaults.ignoreip) {
@@ -551,6 +583,7 @@ impl Resolver<'_> {
             bantime,
             increment,
             ignoreip,
+            ipv6_prefix,
             ignoreself: pick(&jail.ignoreself, &defaults.ignoreself).map_or(true, |v| *v.get_ref()),
             ports,
             protocol,

@@ -72,6 +72,8 @@ pub struct RawJail {
     pub bantime_overalljails: Option<Spanned<bool>>,
     pub ignoreip: Option<Spanned<Words>>,
     pub ignoreself: Option<Spanned<bool>>,
+    pub ipv6_prefix: Option<Spanned<i64>>,
+    pub ipv6_prefix_threshold: Option<Spanned<i64>>,
     pub port: Option<Spanned<Words>>,
     pub allports: Option<Spanned<bool>>,
     pub protocol: Option<Spanned<String>>,

@@ -12,6 +12,7 @@ use super::{element, now_micros, Daemon, Mode, Pipeline};
 use crate::control::{Peer, Request, Response};
 use crate::jail::{Bantime, JailId};
 use crate::log;
+use crate::net::IpNet;
 
 impl Daemon {
     /// Answers one request from `peer`.
@@ -70,7 +71,12 @@ impl Daemon {
         let mut jails = Vec::new();
         for i in 0..p.config.jails.len() {
             let id = JailId(i as u16);
-            let banned = self.firewall.list(id).map_err(|e| e.to_string())?.len();
+            let banned = self.firewall.list(id).map_err(|e| e.to_string())?.len()
+                + self
+                    .firewall
+                    .list_prefixes(id)
+                    .map_err(|e| e.to_string())?
+                    .len();
             jails.push(self.jail_summary(p, id, banned));
         }
         Ok(json!({ "jails": jails }))
@@ -80,8 +86,9 @@ impl Daemon {
         let id = p.jail_id(name).ok_or_else(|| unknown_jail(p, name))?;
         let mut listed = self.firewall.list(id).map_err(|e| e.to_string())?;
         listed.sort_by_key(|e| e.ip);
-        let mut summary = self.jail_summary(p, id, listed.len());
-        let banned: Vec<Value> = listed
+        let prefixes = self.firewall.list_prefixes(id).map_err(|e| e.to_string())?;
+        let mut summary = self.jail_summary(p, id, listed.len() + prefixes.len());
+        let mut banned: Vec<Value> = listed
             .iter()
             .map(|e| {
                 json!({
@@ -89,9 +96,21 @@ impl Daemon {
                     "timeout": e.timeout.map(|d| d.as_secs()),
                     "expires": e.expires.map(|d| d.as_secs()),
                     "bans": p.tracker.ban_count(id, e.ip),
+                    "packets": e.packets,
+                    "bytes": e.bytes,
                 })
             })
             .collect();
+        banned.extend(prefixes.iter().map(|e| {
+            json!({
+                "ip": e.net.to_string(),
+                "timeout": e.timeout.map(|d| d.as_secs()),
+                "expires": e.expires.map(|d| d.as_secs()),
+                "bans": 1,
+                "packets": e.packets,
+                "bytes": e.bytes,
+            })
+        }));
         if let Some(obj) = summary.as_object_mut() {
             obj.insert("banned".into(), Value::Array(banned));
         }
@@ -133,6 +152,7 @@ impl Daemon {
         for ban in &bans {
             self.log_ban(p, ban, true);
         }
+        self.flush_prefixes(p).map_err(|e| e.to_string())?;
         self.dirty = true;
         Ok(json!({
             "banned": bans.iter().map(|b| json!({
@@ -149,7 +169,17 @@ impl Daemon {
         ips: &[String],
         jail: Option<&str>,
     ) -> Result<Value, String> {
-        let ips = parse_ips(ips)?;
+        let (nets, ips): (Vec<&String>, Vec<&String>) = ips.iter().partition(|s| s.contains('/'));
+        let nets: Vec<IpNet> = nets
+            .iter()
+            .map(|s| s.parse::<IpNet>().map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let ips: Vec<String> = ips.into_iter().cloned().collect();
+        let ips = if ips.is_empty() && !nets.is_empty() {
+            Vec::new()
+        } else {
+            parse_ips(&ips)?
+        };
         let jails: Vec<JailId> = match jail {
             Some(name) => vec![p.jail_id(name).ok_or_else(|| unknown_jail(p, name))?],
             None => (0..p.config.jails.len())
@@ -157,7 +187,30 @@ impl Daemon {
                 .collect(),
         };
         let mut unbanned = Vec::new();
+        for &id in &jails {
+            let known: Vec<IpNet> = nets
+                .iter()
+                .copied()
+                .filter(|n| p.tracker.active_prefix_ban(id, *n).is_some())
+                .collect();
+            if known.is_empty() {
+                continue;
+            }
+            self.firewall
+                .remove_prefixes(id, &known)
+                .map_err(|e| e.to_string())?;
+            let name = p.jail_name(id).to_string();
+            for net in known {
+                p.tracker.forget_prefix_ban(id, net);
+                self.counters.unbans += 1;
+                tracing::warn!(message_id = log::UNBAN, jail = name.as_str(), ip = %net, "[{name}] Unban {net}");
+                unbanned.push(json!({ "jail": name, "ip": net.to_string() }));
+            }
+        }
         for id in jails {
+            if ips.is_empty() {
+                break;
+            }
             let present: Vec<IpAddr> = self
                 .firewall
                 .list(id)

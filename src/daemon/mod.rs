@@ -27,10 +27,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config::Config;
 use crate::filter::{Cache, Filter, Hit, Outcome};
-use crate::firewall::{Element, Firewall};
+use crate::firewall::{Change, Element, Firewall, PrefixElement};
 use crate::jail::{Bantime, JailId, JailSet, JournalMatch};
 use crate::journal::Journal;
 use crate::log;
+use crate::net::IpNet;
 use crate::own::OwnAddresses;
 use crate::state::{Position, SavedBan, SavedHistory, Snapshot, State};
 use crate::ticket::{Ban, Failure, Micros};
@@ -129,6 +130,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     let config = Config::load(config_path)?;
     let mut firewall = Firewall::open(&config.table)?;
     firewall.setup(&config.jails)?;
+    let mut watch = firewall.watch()?;
     let state = State::open(&config.state_dir)?;
     let snapshot = state.load()?;
     let control = crate::control::Server::bind(&config.socket, config.socket_group)?;
@@ -205,6 +207,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(control.as_fd(), PollFlags::POLLIN),
             PollFd::new(own.as_fd(), PollFlags::POLLIN),
+            PollFd::new(watch.as_fd(), PollFlags::POLLIN),
         ];
         let poll_timeout = match timeout {
             Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, i32::MAX as u128) as i32)
@@ -222,12 +225,17 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
             }
         }
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        let (journal_ready, signal_ready, control_ready, own_ready) = (
+        let (journal_ready, signal_ready, control_ready, own_ready, watch_ready) = (
             ready(&fds[0]),
             ready(&fds[1]),
             ready(&fds[2]),
             ready(&fds[3]),
+            ready(&fds[4]),
         );
+        if watch_ready {
+            let changes = watch.read()?;
+            daemon.on_changes(&mut pipeline, changes)?;
+        }
         if own_ready && own.changed() {
             tracing::debug!("own addresses now {:?}", own.addresses());
             pipeline.tracker.set_own_addresses(own.addresses());
@@ -454,7 +462,45 @@ fn reconcile(fw: &mut Firewall, p: &mut Pipeline, now: Micros) -> Result<(usize,
         })
         .collect();
     fw.add(&missing)?;
-    Ok((missing.len(), adopted))
+
+    let mut present_nets: HashSet<(JailId, IpNet)> = HashSet::new();
+    for i in 0..p.config.jails.len() {
+        let jail = JailId(i as u16);
+        for e in fw.list_prefixes(jail)? {
+            present_nets.insert((jail, e.net));
+            if p.tracker.active_prefix_ban(jail, e.net).is_none() {
+                let (until, bantime) = match e.timeout {
+                    Some(t) => (
+                        now.saturating_add(micros(e.expires.unwrap_or(t))),
+                        Bantime::For(t),
+                    ),
+                    None => (Micros::MAX, Bantime::Permanent),
+                };
+                p.tracker
+                    .restore_prefix_ban(jail, e.net, ActiveBan { until, bantime });
+                adopted += 1;
+            }
+        }
+    }
+    let missing_nets: Vec<PrefixElement> = p
+        .tracker
+        .active_prefix_bans()
+        .filter(|(jail, net, ban)| ban.until > now && !present_nets.contains(&(*jail, *net)))
+        .map(|(jail, net, ban)| PrefixElement {
+            jail,
+            net,
+            timeout: match ban.bantime {
+                Bantime::For(d) => Some(d),
+                Bantime::Permanent => None,
+            },
+            expires: match ban.bantime {
+                Bantime::For(_) => Some(Duration::from_micros(ban.until - now)),
+                Bantime::Permanent => None,
+            },
+        })
+        .collect();
+    fw.add_prefixes(&missing_nets)?;
+    Ok((missing.len() + missing_nets.len(), adopted))
 }
 
 fn micros(d: Duration) -> Micros {
@@ -624,7 +670,100 @@ impl Daemon {
         for ban in std::mem::take(&mut self.pending) {
             self.log_ban(p, &ban, false);
         }
+        self.flush_prefixes(p)?;
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Someone else changed banjo's table. Deleted bans are manual unbans;
+    /// anything structural (table, chain, rules or a set gone, or lost
+    /// notifications) makes banjo rebuild the ruleset and put every
+    /// unexpired ban back with its remaining time.
+    fn on_changes(&mut self, p: &mut Pipeline, changes: Vec<Change>) -> Result<(), Error> {
+        let mut heal = false;
+        for change in changes {
+            match change {
+                Change::ElementsDeleted { jail, ips } => {
+                    let name = p.jail_name(jail).to_string();
+                    for ip in ips {
+                        if p.tracker.forget_ban(jail, ip) {
+                            self.counters.unbans += 1;
+                            tracing::warn!(message_id = log::UNBAN, jail = name.as_str(), ip = %ip, "[{name}] Unban {ip} (removed from the set by hand)");
+                        }
+                    }
+                    self.dirty = true;
+                }
+                Change::PrefixesDeleted { jail, nets } => {
+                    let name = p.jail_name(jail).to_string();
+                    for net in nets {
+                        if p.tracker.forget_prefix_ban(jail, net) {
+                            self.counters.unbans += 1;
+                            tracing::warn!(message_id = log::UNBAN, jail = name.as_str(), ip = %net, "[{name}] Unban {net} (removed from the set by hand)");
+                        }
+                    }
+                    self.dirty = true;
+                }
+                Change::TableDeleted
+                | Change::ChainDeleted
+                | Change::RulesDeleted(_)
+                | Change::SetDeleted { .. }
+                | Change::Overrun => heal = true,
+            }
+        }
+        if heal && !self.firewall.verify()? {
+            let started = Instant::now();
+            self.firewall.setup(&p.config.jails)?;
+            let (restored, _) = reconcile(&mut self.firewall, p, now_micros())?;
+            tracing::warn!(
+                "table inet {} was changed behind banjo's back: rebuilt with {restored} bans in {:.1} ms",
+                p.config.table,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies the prefix bans the tracker decided.
+    fn flush_prefixes(&mut self, p: &mut Pipeline) -> Result<(), Error> {
+        let prefixes = p.tracker.take_prefix_bans();
+        if prefixes.is_empty() {
+            return Ok(());
+        }
+        let elements: Vec<PrefixElement> = prefixes
+            .iter()
+            .map(|b| PrefixElement {
+                jail: b.jail,
+                net: b.net,
+                timeout: match b.bantime {
+                    Bantime::For(d) => Some(d),
+                    Bantime::Permanent => None,
+                },
+                expires: None,
+            })
+            .collect();
+        if let Err(e) = self.firewall.add_prefixes(&elements) {
+            for b in &prefixes {
+                p.tracker.forget_prefix_ban(b.jail, b.net);
+            }
+            return Err(e.into());
+        }
+        for b in prefixes {
+            self.counters.bans += 1;
+            let jail = p.jail_name(b.jail);
+            self.per_jail.entry(jail.to_string()).or_default().bans += 1;
+            let bantime = match b.bantime {
+                Bantime::For(d) => d.as_secs() as i64,
+                Bantime::Permanent => -1,
+            };
+            tracing::warn!(
+                message_id = log::BAN,
+                jail,
+                ip = %b.net,
+                bantime,
+                "[{jail}] Ban {} (several addresses of this prefix were banned)",
+                b.net
+            );
+        }
         Ok(())
     }
 
@@ -653,33 +792,7 @@ impl Daemon {
         if !self.dirty {
             return Ok(());
         }
-        let snapshot = Snapshot {
-            version: crate::state::VERSION,
-            position: self.position.clone(),
-            bans: p
-                .tracker
-                .active_bans()
-                .map(|(jail, ip, ban)| SavedBan {
-                    jail: p.jail_name(jail).to_string(),
-                    ip,
-                    until: (ban.until != Micros::MAX).then_some(ban.until),
-                    bantime: match ban.bantime {
-                        Bantime::For(d) => Some(d.as_secs()),
-                        Bantime::Permanent => None,
-                    },
-                })
-                .collect(),
-            history: p
-                .tracker
-                .histories()
-                .map(|(jail, ip, h)| SavedHistory {
-                    jail: p.jail_name(jail).to_string(),
-                    ip,
-                    count: h.count,
-                    last: h.last,
-                })
-                .collect(),
-        };
+        let snapshot = snapshot_of(p, self.position.clone());
         self.state.save(&snapshot)?;
         self.dirty = false;
         self.last_saved = Instant::now();
@@ -722,26 +835,7 @@ impl Daemon {
                 self.flush(p)?;
                 self.firewall.setup(&fresh.config.jails)?;
                 // Carry bans and history of surviving jails over by name.
-                let mut snapshot = Snapshot::default();
-                for (jail, ip, ban) in p.tracker.active_bans() {
-                    snapshot.bans.push(SavedBan {
-                        jail: p.jail_name(jail).to_string(),
-                        ip,
-                        until: Some(ban.until),
-                        bantime: match ban.bantime {
-                            Bantime::For(d) => Some(d.as_secs()),
-                            Bantime::Permanent => None,
-                        },
-                    });
-                }
-                for (jail, ip, h) in p.tracker.histories() {
-                    snapshot.history.push(SavedHistory {
-                        jail: p.jail_name(jail).to_string(),
-                        ip,
-                        count: h.count,
-                        last: h.last,
-                    });
-                }
+                let snapshot = snapshot_of(p, None);
                 restore(&mut fresh, &snapshot);
                 *mode = fresh.position(self.position.clone())?;
                 *p = fresh;
@@ -762,6 +856,45 @@ impl Daemon {
             sd_notify::NotifyState::Status(&self.status_line(p)),
         ]);
         outcome
+    }
+}
+
+/// The state file's contents for `p`'s tracker.
+fn snapshot_of(p: &Pipeline, position: Option<Position>) -> Snapshot {
+    let saved = |jail: JailId, ip: IpAddr, prefix: Option<u8>, ban: ActiveBan| SavedBan {
+        jail: p.jail_name(jail).to_string(),
+        ip,
+        prefix,
+        until: (ban.until != Micros::MAX).then_some(ban.until),
+        bantime: match ban.bantime {
+            Bantime::For(d) => Some(d.as_secs()),
+            Bantime::Permanent => None,
+        },
+    };
+    let mut bans: Vec<SavedBan> = p
+        .tracker
+        .active_bans()
+        .map(|(jail, ip, ban)| saved(jail, ip, None, ban))
+        .collect();
+    bans.extend(
+        p.tracker
+            .active_prefix_bans()
+            .map(|(jail, net, ban)| saved(jail, net.addr(), Some(net.prefix()), ban)),
+    );
+    Snapshot {
+        version: crate::state::VERSION,
+        position,
+        bans,
+        history: p
+            .tracker
+            .histories()
+            .map(|(jail, ip, h)| SavedHistory {
+                jail: p.jail_name(jail).to_string(),
+                ip,
+                count: h.count,
+                last: h.last,
+            })
+            .collect(),
     }
 }
 

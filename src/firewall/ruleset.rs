@@ -517,6 +517,7 @@ mod tests {
             input: Default::default(),
             increment: None,
             ignoreself: false,
+            ipv6_prefix: None,
             maxretry: 3,
             findtime: Duration::from_secs(600),
             bantime: Bantime::For(Duration::from_secs(600)),
