@@ -266,6 +266,7 @@ impl Daemon {
             "not_an_address": self.counters.not_an_address,
             "bans": self.counters.bans,
             "unbans": self.counters.unbans,
+            "errors": self.errors,
             "tracked": p.tracker.tracked(),
             "active_bans": p.tracker.active_bans().count(),
             "journal_lag": lag,

@@ -160,6 +160,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         last_expire: Instant::now(),
         dirty: false,
         started: Instant::now(),
+        errors: 0,
     };
     tracing::info!(
         message_id = log::STARTED,
@@ -179,7 +180,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     let mut last_watchdog = Instant::now();
 
     loop {
-        daemon.drain(&mut pipeline, &mut mode)?;
+        daemon.drain(&mut pipeline, &mut mode);
         let now = Instant::now();
         if let Some(period) = watchdog {
             if now.duration_since(last_watchdog) >= period {
@@ -234,7 +235,11 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         );
         if watch_ready {
             let changes = watch.read()?;
-            daemon.on_changes(&mut pipeline, changes)?;
+            if let Err(e) = daemon.on_changes(&mut pipeline, changes) {
+                tracing::error!(
+                    "rebuilding the firewall table failed (retried on the next change): {e}"
+                );
+            }
         }
         if own_ready && own.changed() {
             tracing::debug!("own addresses now {:?}", own.addresses());
@@ -246,7 +251,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         if control_ready {
             // Read what the journal holds first, so a status request sees
             // every entry written before it was sent.
-            daemon.drain(&mut pipeline, &mut mode)?;
+            daemon.drain(&mut pipeline, &mut mode);
             while let Some((mut conn, peer, request)) = control.accept() {
                 let response = daemon.handle(&mut pipeline, &mut mode, &peer, request);
                 pipeline.tracker.set_own_addresses(own.addresses());
@@ -540,12 +545,27 @@ struct Daemon {
     /// The state changed since it was last saved.
     dirty: bool,
     started: Instant,
+    /// Runtime errors since start (logged, rate-limited).
+    errors: u64,
 }
 
 impl Daemon {
     /// Reads every available entry, acting on each; flushes bans and saves
-    /// the state at the end (at most once a second).
-    fn drain(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<(), Error> {
+    /// the state at the end (at most once a second). Failures here are
+    /// logged, not fatal: a journal read error ends this round (the next
+    /// wakeup tries again), a refused netlink batch leaves its addresses
+    /// unbanned so their next failure tries again, and the table watch
+    /// repairs a damaged ruleset.
+    fn drain(&mut self, p: &mut Pipeline, mode: &mut Mode) {
+        if let Err(e) = self.try_drain(p, mode) {
+            self.errors += 1;
+            if self.errors <= 10 || self.errors % 1000 == 0 {
+                tracing::error!("{e} (error {} since start)", self.errors);
+            }
+        }
+    }
+
+    fn try_drain(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<(), Error> {
         let mut any = false;
         while let Some(entry) = p.journal.next_entry()? {
             any = true;
