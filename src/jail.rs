@@ -32,6 +32,29 @@ pub enum Bantime {
     Permanent,
 }
 
+impl Bantime {
+    /// The kernel timeout: `None` for a permanent ban.
+    pub fn timeout(self) -> Option<Duration> {
+        match self {
+            Bantime::For(d) => Some(d),
+            Bantime::Permanent => None,
+        }
+    }
+
+    /// Seconds, with fail2ban's `-1` for permanent.
+    pub fn secs(self) -> i64 {
+        match self {
+            Bantime::For(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Bantime::Permanent => -1,
+        }
+    }
+
+    /// The bantime of a kernel element's `timeout` attribute.
+    pub fn from_timeout(timeout: Option<Duration>) -> Bantime {
+        timeout.map_or(Bantime::Permanent, Bantime::For)
+    }
+}
+
 impl fmt::Display for Bantime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

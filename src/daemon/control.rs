@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{element, now_micros, Daemon, Mode, Pipeline};
 use crate::control::{Peer, Request, Response};
-use crate::jail::{Bantime, JailId};
+use crate::jail::JailId;
 use crate::log;
 use crate::net::IpNet;
 
@@ -158,7 +158,7 @@ impl Daemon {
             "banned": bans.iter().map(|b| json!({
                 "jail": jail,
                 "ip": b.ip.to_string(),
-                "bantime": match b.bantime { Bantime::For(d) => d.as_secs() as i64, Bantime::Permanent => -1 },
+                "bantime": b.bantime.secs(),
             })).collect::<Vec<_>>()
         }))
     }

@@ -400,9 +400,7 @@ impl Pipeline {
 fn restore(p: &mut Pipeline, snapshot: &Snapshot) {
     for b in &snapshot.bans {
         if let Some(jail) = p.jail_id(&b.jail) {
-            let bantime = b
-                .bantime
-                .map_or(Bantime::Permanent, |s| Bantime::For(Duration::from_secs(s)));
+            let bantime = Bantime::from_timeout(b.bantime.map(Duration::from_secs));
             let until = b.until.unwrap_or(Micros::MAX);
             p.tracker
                 .restore_ban(jail, b.ip, ActiveBan { until, bantime });
@@ -428,23 +426,25 @@ fn restore(p: &mut Pipeline, snapshot: &Snapshot) {
 /// lost state file) are adopted. Elements already there are left alone:
 /// no unban window. Returns (restored, adopted).
 fn reconcile(fw: &mut Firewall, p: &mut Pipeline, now: Micros) -> Result<(usize, usize), Error> {
-    let mut present: HashSet<(JailId, IpAddr)> = HashSet::new();
     let mut adopted = 0;
+    let mut present: HashSet<(JailId, IpAddr)> = HashSet::new();
+    let mut present_nets: HashSet<(JailId, IpNet)> = HashSet::new();
     for i in 0..p.config.jails.len() {
         let jail = JailId(i as u16);
         for e in fw.list(jail)? {
             let ip = e.ip.to_canonical();
             present.insert((jail, ip));
             if p.tracker.active_ban(jail, ip).is_none() {
-                let (until, bantime) = match e.timeout {
-                    Some(t) => (
-                        now.saturating_add(micros(e.expires.unwrap_or(t))),
-                        Bantime::For(t),
-                    ),
-                    None => (Micros::MAX, Bantime::Permanent),
-                };
                 p.tracker
-                    .restore_ban(jail, ip, ActiveBan { until, bantime });
+                    .restore_ban(jail, ip, from_kernel(e.timeout, e.expires, now));
+                adopted += 1;
+            }
+        }
+        for e in fw.list_prefixes(jail)? {
+            present_nets.insert((jail, e.net));
+            if p.tracker.active_prefix_ban(jail, e.net).is_none() {
+                p.tracker
+                    .restore_prefix_ban(jail, e.net, from_kernel(e.timeout, e.expires, now));
                 adopted += 1;
             }
         }
@@ -453,59 +453,50 @@ fn reconcile(fw: &mut Firewall, p: &mut Pipeline, now: Micros) -> Result<(usize,
         .tracker
         .active_bans()
         .filter(|(jail, ip, ban)| ban.until > now && !present.contains(&(*jail, *ip)))
-        .map(|(jail, ip, ban)| Element {
-            jail,
-            ip,
-            timeout: match ban.bantime {
-                Bantime::For(d) => Some(d),
-                Bantime::Permanent => None,
-            },
-            expires: match ban.bantime {
-                Bantime::For(_) => Some(Duration::from_micros(ban.until - now)),
-                Bantime::Permanent => None,
-            },
+        .map(|(jail, ip, ban)| {
+            let (timeout, expires) = to_kernel(ban, now);
+            Element {
+                jail,
+                ip,
+                timeout,
+                expires,
+            }
         })
         .collect();
     fw.add(&missing)?;
-
-    let mut present_nets: HashSet<(JailId, IpNet)> = HashSet::new();
-    for i in 0..p.config.jails.len() {
-        let jail = JailId(i as u16);
-        for e in fw.list_prefixes(jail)? {
-            present_nets.insert((jail, e.net));
-            if p.tracker.active_prefix_ban(jail, e.net).is_none() {
-                let (until, bantime) = match e.timeout {
-                    Some(t) => (
-                        now.saturating_add(micros(e.expires.unwrap_or(t))),
-                        Bantime::For(t),
-                    ),
-                    None => (Micros::MAX, Bantime::Permanent),
-                };
-                p.tracker
-                    .restore_prefix_ban(jail, e.net, ActiveBan { until, bantime });
-                adopted += 1;
-            }
-        }
-    }
     let missing_nets: Vec<PrefixElement> = p
         .tracker
         .active_prefix_bans()
         .filter(|(jail, net, ban)| ban.until > now && !present_nets.contains(&(*jail, *net)))
-        .map(|(jail, net, ban)| PrefixElement {
-            jail,
-            net,
-            timeout: match ban.bantime {
-                Bantime::For(d) => Some(d),
-                Bantime::Permanent => None,
-            },
-            expires: match ban.bantime {
-                Bantime::For(_) => Some(Duration::from_micros(ban.until - now)),
-                Bantime::Permanent => None,
-            },
+        .map(|(jail, net, ban)| {
+            let (timeout, expires) = to_kernel(ban, now);
+            PrefixElement {
+                jail,
+                net,
+                timeout,
+                expires,
+            }
         })
         .collect();
     fw.add_prefixes(&missing_nets)?;
     Ok((missing.len() + missing_nets.len(), adopted))
+}
+
+/// An active ban from what the kernel reports of an element.
+fn from_kernel(timeout: Option<Duration>, expires: Option<Duration>, now: Micros) -> ActiveBan {
+    let bantime = Bantime::from_timeout(timeout);
+    let until = match timeout {
+        Some(t) => now.saturating_add(micros(expires.unwrap_or(t))),
+        None => Micros::MAX,
+    };
+    ActiveBan { until, bantime }
+}
+
+/// An element's (timeout, time left) for an active ban, as of `now`.
+fn to_kernel(ban: ActiveBan, now: Micros) -> (Option<Duration>, Option<Duration>) {
+    let timeout = ban.bantime.timeout();
+    let expires = timeout.map(|_| Duration::from_micros(ban.until.saturating_sub(now)));
+    (timeout, expires)
 }
 
 fn micros(d: Duration) -> Micros {
@@ -754,10 +745,7 @@ impl Daemon {
             .map(|b| PrefixElement {
                 jail: b.jail,
                 net: b.net,
-                timeout: match b.bantime {
-                    Bantime::For(d) => Some(d),
-                    Bantime::Permanent => None,
-                },
+                timeout: b.bantime.timeout(),
                 expires: None,
             })
             .collect();
@@ -771,10 +759,7 @@ impl Daemon {
             self.counters.bans += 1;
             let jail = p.jail_name(b.jail);
             self.per_jail.entry(jail.to_string()).or_default().bans += 1;
-            let bantime = match b.bantime {
-                Bantime::For(d) => d.as_secs() as i64,
-                Bantime::Permanent => -1,
-            };
+            let bantime = b.bantime.secs();
             tracing::warn!(
                 message_id = log::BAN,
                 jail,
@@ -791,10 +776,7 @@ impl Daemon {
         self.counters.bans += 1;
         let jail = p.jail_name(ban.jail);
         self.per_jail.entry(jail.to_string()).or_default().bans += 1;
-        let bantime = match ban.bantime {
-            Bantime::For(d) => d.as_secs() as i64,
-            Bantime::Permanent => -1,
-        };
+        let bantime = ban.bantime.secs();
         tracing::warn!(
             message_id = log::BAN,
             jail,
@@ -886,10 +868,7 @@ fn snapshot_of(p: &Pipeline, position: Option<Position>) -> Snapshot {
         ip,
         prefix,
         until: (ban.until != Micros::MAX).then_some(ban.until),
-        bantime: match ban.bantime {
-            Bantime::For(d) => Some(d.as_secs()),
-            Bantime::Permanent => None,
-        },
+        bantime: ban.bantime.timeout().map(|d| d.as_secs()),
     };
     let mut bans: Vec<SavedBan> = p
         .tracker
@@ -922,10 +901,7 @@ fn element(ban: &Ban) -> Element {
     Element {
         jail: ban.jail,
         ip: ban.ip,
-        timeout: match ban.bantime {
-            Bantime::For(d) => Some(d),
-            Bantime::Permanent => None,
-        },
+        timeout: ban.bantime.timeout(),
         expires: None,
     }
 }
