@@ -283,11 +283,7 @@ fn reboot_restores_unexpired_bans_with_their_remaining_time() {
         nft_elements(&ns, &table, "other_v4").is_empty(),
         "expired ban restored"
     );
-    assert!(
-        banjo.log().iter().any(|l| l.contains("2 bans restored")),
-        "{:?}",
-        banjo.log()
-    );
+    assert!(banjo.logged(&["2 bans restored"]), "{:?}", banjo.log());
 }
 
 #[test]
@@ -362,10 +358,7 @@ fn a_corrupt_state_file_is_moved_aside_and_banjo_starts() {
     let banjo = Banjo::start(&ns, &config);
     assert!(dir.path().join("state/state.json.corrupt").exists());
     assert!(
-        banjo
-            .log()
-            .iter()
-            .any(|l| l.contains("unusable state") && l.contains("moved to")),
+        banjo.logged(&["unusable state", "moved to"]),
         "{:?}",
         banjo.log()
     );
@@ -419,10 +412,7 @@ fn flushed_ruleset_is_rebuilt_with_its_bans_within_a_second() {
         let e = nft_elements(&ns, &table, "other_v6");
         assert!(e[0].expires.is_some_and(|x| x <= 3600), "{e:?}");
     }
-    assert!(banjo
-        .log()
-        .iter()
-        .any(|l| l.contains("changed behind banjo's back")));
+    assert!(banjo.logged(&["changed behind banjo's back"]));
 
     // Deleting one element by hand is a manual unban: not put back.
     ns.exec(
@@ -439,10 +429,7 @@ fn flushed_ruleset_is_rebuilt_with_its_bans_within_a_second() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(banned_ips(&ns, &table, "mail"), vec![ip("203.0.113.81")]);
     assert!(
-        banjo
-            .log()
-            .iter()
-            .any(|l| l.contains("Unban 203.0.113.80 (removed from the set by hand)")),
+        banjo.logged(&["Unban 203.0.113.80 (removed from the set by hand)"]),
         "{:?}",
         banjo.log()
     );

@@ -146,6 +146,7 @@ fn seed_replay_bans_exactly_the_addresses_over_maxretry() {
             "{e:?}"
         );
     }
+    assert!(banjo.logged(&["[postfix] Ban 185.191.228.36"]));
     let log = banjo.log().join("\n");
     assert!(
         log.contains("[postfix-flood-attack] Ban 203.0.113.10"),

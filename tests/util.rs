@@ -372,6 +372,17 @@ impl Banjo {
         );
     }
 
+    /// Whether a log line containing every one of `needles` shows up
+    /// within 5 s (stderr is read on another thread, so it may lag the
+    /// notify socket).
+    pub fn logged(&self, needles: &[&str]) -> bool {
+        eventually(Duration::from_secs(5), || {
+            self.log()
+                .iter()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+        })
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.stderr.lock().map(|v| v.clone()).unwrap_or_default()
     }
