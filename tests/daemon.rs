@@ -517,3 +517,28 @@ fn without_cap_net_admin_one_clear_line_and_exit_1() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("CAP_NET_ADMIN"), "{lines:?}");
 }
+
+#[test]
+fn notifies_ready_status_and_watchdog() {
+    if !root_or_skip("notifies_ready_status_and_watchdog") {
+        return;
+    }
+    let ns = Netns::new();
+    let mut journal = JournalDir::new();
+    let dir = TempDir::new("notify");
+    let config = write_config(dir.path(), journal.path(), &unique("t"), LIVE_JAIL);
+    // WatchdogSec=0.4s: banjo must ping at least every 0.2 s.
+    let mut banjo = Banjo::start_with_env(&ns, &config, &[("WATCHDOG_USEC", "400000")]);
+    for _ in 0..3 {
+        banjo.wait_for("WATCHDOG=1", Duration::from_millis(400));
+    }
+    journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.90")));
+    banjo.wait_for(
+        "STATUS=1 jails, 1 lines, 1 failures, 0 bans",
+        Duration::from_secs(3),
+    );
+    banjo.signal(nix::sys::signal::Signal::SIGHUP);
+    banjo.wait_for("RELOADING=1", Duration::from_secs(3));
+    banjo.wait_for("READY=1", Duration::from_secs(3));
+    assert!(banjo.stop().success());
+}

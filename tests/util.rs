@@ -310,6 +310,11 @@ pub struct Banjo {
 
 impl Banjo {
     pub fn start(ns: &Netns, config: &Path) -> Banjo {
+        Banjo::start_with_env(ns, config, &[])
+    }
+
+    /// Like [`Banjo::start`], with extra environment variables.
+    pub fn start_with_env(ns: &Netns, config: &Path, env: &[(&str, &str)]) -> Banjo {
         let dir = TempDir::new("notify");
         let sock = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&sock).expect("bind notify socket");
@@ -323,6 +328,7 @@ impl Banjo {
             .env("NOTIFY_SOCKET", &sock)
             .env("BANJO_LOG_STDERR", "1")
             .env("BANJO_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

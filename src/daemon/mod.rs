@@ -161,6 +161,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         dirty: false,
         started: Instant::now(),
         errors: 0,
+        status_stale: false,
     };
     tracing::info!(
         message_id = log::STARTED,
@@ -196,7 +197,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
             Some(quiet) if quiet < WARM_FOR => shorten(WARM_POLL),
             _ => {}
         }
-        if daemon.dirty {
+        if daemon.dirty || daemon.status_stale {
             shorten(SAVE_EVERY);
         }
         let journal_fd = pipeline.journal.fd()?;
@@ -538,6 +539,8 @@ struct Daemon {
     started: Instant,
     /// Runtime errors since start (logged, rate-limited).
     errors: u64,
+    /// Entries were read since STATUS= was last sent.
+    status_stale: bool,
 }
 
 impl Daemon {
@@ -630,9 +633,11 @@ impl Daemon {
             p.tracker.expire(now_micros());
             self.last_expire = now;
         }
-        if any && now.duration_since(self.last_status) >= Duration::from_secs(1) {
+        self.status_stale |= any;
+        if self.status_stale && now.duration_since(self.last_status) >= Duration::from_secs(1) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status_line(p))]);
             self.last_status = now;
+            self.status_stale = false;
         }
         Ok(())
     }
