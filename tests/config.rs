@@ -207,3 +207,54 @@ fn shipped_config_checks() {
     assert!(stdout.contains("[jail.postfix-flood-attack]"));
     assert!(stdout.contains("[jail.postfix]"));
 }
+
+#[test]
+fn conf_d_drop_ins_merge_in_name_order_and_errors_name_the_drop_in() {
+    let dir = TempDir::new("confd");
+    let path = dir.path().join("banjo.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/20-later.toml"),
+        "[jail.postfix]\nmaxretry = 7\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/10-sshd.toml"),
+        "[jail.postfix]\nmaxretry = 6\nbantime = \"2h\"\n\n[jail.sshd]\njournalmatch = [\"_SYSTEMD_UNIT=ssh.service\"]\nfailregex = ['Invalid user \\S* from <HOST> port \\d+']\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("conf.d/README"), "not toml, ignored").unwrap();
+    let check = || {
+        Command::new(banjo_bin())
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[jail.sshd]"), "{stdout}");
+    let postfix = stdout.split("[jail.postfix]").nth(1).unwrap();
+    assert!(postfix.contains("maxretry     = 7"), "{postfix}");
+    assert!(postfix.contains("bantime      = 7200s"), "{postfix}");
+
+    std::fs::write(
+        dir.path().join("conf.d/20-later.toml"),
+        "[jail.postfix]\n\nmaxretry = \"many\"\n",
+    )
+    .unwrap();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    let dropin = dir.path().join("conf.d/20-later.toml");
+    assert!(
+        stderr.starts_with(&format!("{}:3: jail postfix: ", dropin.display())),
+        "{stderr}"
+    );
+}

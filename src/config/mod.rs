@@ -140,18 +140,51 @@ impl std::error::Error for Error {
 }
 
 impl Config {
-    /// Reads and validates `path`.
+    /// Reads and validates `path`, then the drop-ins `conf.d/*.toml` next
+    /// to it in name order, each laid over the last key by key.
     pub fn load(path: &Path) -> Result<Config, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::new(path, None, None, ErrorKind::Read(e)))?;
-        Config::parse(path, &text)
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| Error::new(p, None, None, ErrorKind::Read(e)))
+        };
+        let mut files = vec![(path.to_path_buf(), read(path)?)];
+        let dropins = path.parent().unwrap_or(Path::new(".")).join("conf.d");
+        if let Ok(dir) = std::fs::read_dir(&dropins) {
+            let mut names: Vec<PathBuf> = dir
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            names.sort();
+            for p in names {
+                let text = read(&p)?;
+                files.push((p, text));
+            }
+        }
+        Config::parse_files(&files)
     }
 
     /// Validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
+        Config::parse_files(&[(path.to_path_buf(), text.to_string())])
+    }
+
+    /// Validates the files as one configuration, later ones laid over the
+    /// earlier ones.
+    fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, Error> {
+        // Each file is parsed behind a comment line that pads its byte
+        // offsets past the previous files', so every span in the merged
+        // configuration says which file it came from.
+        let mut layers = Vec::new();
+        let mut base = 0;
+        for (path, text) in files {
+            layers.push(Layer {
+                path: path.clone(),
+                text: text.clone(),
+                base,
+            });
+            base += text.len() + 2;
+        }
         Resolver {
-            path,
-            text,
+            layers,
             services: value::Services::system(),
         }
         .resolve()
@@ -191,26 +224,69 @@ const BUILTINS: &[Builtin] = &[Builtin {
     ignoreregex: crate::filter::POSTFIX_IGNOREREGEX,
 }];
 
-struct Resolver<'a> {
-    path: &'a Path,
-    text: &'a str,
-    services: value::Services,
+/// One configuration file and where its offsets start in the merged view.
+struct Layer {
+    path: PathBuf,
+    text: String,
+    base: usize,
 }
 
-impl Resolver<'_> {
-    fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
+impl Layer {
+    /// The text as parsed: padded so that its offsets start at `base`.
+    fn padded(&self) -> String {
+        if self.base == 0 {
+            return self.text.clone();
+        }
+        let mut s = String::with_capacity(self.base + self.text.len());
+        s.push('#');
+        s.push_str(&" ".repeat(self.base - 2));
+        s.push('\n');
+        s.push_str(&self.text);
+        s
+    }
+
+    /// The 1-based line of a local offset.
+    fn line(&self, local: usize) -> usize {
+        let end = local.min(self.text.len());
         self.text.as_bytes()[..end]
             .iter()
             .filter(|b| **b == b'\n')
             .count()
             + 1
     }
+}
+
+struct Resolver {
+    layers: Vec<Layer>,
+    services: value::Services,
+}
+
+impl Resolver {
+    /// The file and local offset of a merged offset.
+    fn locate(&self, offset: usize) -> (&Layer, usize) {
+        let i = self
+            .layers
+            .partition_point(|l| l.base <= offset)
+            .saturating_sub(1);
+        let layer = &self.layers[i.min(self.layers.len() - 1)];
+        (layer, offset.saturating_sub(layer.base))
+    }
+
+    fn main_path(&self) -> &Path {
+        self.layers
+            .first()
+            .map_or(Path::new(DEFAULT_PATH), |l| l.path.as_path())
+    }
 
     fn err(&self, span: Option<std::ops::Range<usize>>, jail: &str, kind: ErrorKind) -> Error {
-        let line = span.map(|s| self.line(s.start));
         let jail = (!jail.is_empty()).then_some(jail);
-        Error::new(self.path, line, jail, kind)
+        match span {
+            Some(s) => {
+                let (layer, local) = self.locate(s.start);
+                Error::new(&layer.path, Some(layer.line(local)), jail, kind)
+            }
+            None => Error::new(self.main_path(), None, jail, kind),
+        }
     }
 
     fn bad(
@@ -223,10 +299,10 @@ impl Resolver<'_> {
         self.err(Some(span), jail, ErrorKind::BadValue { key, reason })
     }
 
-    /// The `[jail.NAME]` table a byte offset falls in, for syntax errors
-    /// reported by the TOML parser.
-    fn jail_at(&self, offset: usize) -> Option<String> {
-        let head = &self.text[..offset.min(self.text.len())];
+    /// The `[jail.NAME]` table a byte offset of `text` falls in, for
+    /// syntax errors reported by the TOML parser.
+    fn jail_at(text: &str, offset: usize) -> Option<String> {
+        let head = &text[..offset.min(text.len())];
         head.lines().rev().find_map(|l| {
             let l = l.trim();
             if !l.starts_with('[') {
@@ -242,16 +318,21 @@ impl Resolver<'_> {
     }
 
     fn resolve(&self) -> Result<Config, Error> {
-        let raw: RawConfig = toml::from_str(self.text).map_err(|e| {
-            let start = e.span().map(|s| s.start);
-            let jail = start.and_then(|s| self.jail_at(s));
-            Error::new(
-                self.path,
-                start.map(|s| self.line(s)),
-                jail.as_deref(),
-                ErrorKind::Syntax(e.message().trim().to_string()),
-            )
-        })?;
+        let mut raw = RawConfig::default();
+        for layer in &self.layers {
+            let padded = layer.padded();
+            let this: RawConfig = toml::from_str(&padded).map_err(|e| {
+                let local = e.span().map(|s| s.start.saturating_sub(layer.base));
+                let jail = local.and_then(|s| Resolver::jail_at(&layer.text, s));
+                Error::new(
+                    &layer.path,
+                    local.map(|s| layer.line(s)),
+                    jail.as_deref(),
+                    ErrorKind::Syntax(e.message().trim().to_string()),
+                )
+            })?;
+            raw.overlay(this);
+        }
 
         let daemon = raw.daemon.unwrap_or_default();
         let state_dir = absolute_path(self, &daemon.state_dir, "state_dir", "/var/lib/banjo")?;
@@ -349,7 +430,7 @@ impl Resolver<'_> {
             ));
         }
         Ok(Config {
-            path: self.path.to_path_buf(),
+            path: self.main_path().to_path_buf(),
             state_dir,
             socket,
             socket_group,
@@ -712,14 +793,20 @@ impl Resolver<'_> {
         ))
     }
 
-    /// Span of the `[jail.NAME]` header, for errors about a missing key.
+    /// Span of the first `[jail.NAME]` header, for errors about a
+    /// missing key.
     fn jail_header(&self, name: &str) -> std::ops::Range<usize> {
         let needle = format!("[jail.{name}]");
         let quoted = format!("[jail.\"{name}\"]");
         let at = self
-            .text
-            .find(&needle)
-            .or_else(|| self.text.find(&quoted))
+            .layers
+            .iter()
+            .find_map(|l| {
+                l.text
+                    .find(&needle)
+                    .or_else(|| l.text.find(&quoted))
+                    .map(|at| l.base + at)
+            })
             .unwrap_or(0);
         at..at
     }
@@ -850,7 +937,7 @@ fn valid_name(name: &str, max: usize) -> bool {
 }
 
 fn absolute_path(
-    r: &Resolver<'_>,
+    r: &Resolver,
     value: &Option<Spanned<String>>,
     key: &'static str,
     default: &str,

@@ -112,3 +112,69 @@ impl Words {
         }
     }
 }
+
+/// Overwrites each listed field of `into` that `from` sets: a later file
+/// (a `conf.d` drop-in) wins key by key.
+macro_rules! overlay {
+    ($into:expr, $from:expr; $($field:ident),* $(,)?) => {{
+        $(if $from.$field.is_some() { $into.$field = $from.$field; })*
+    }};
+}
+
+fn overlay_section<T: Default>(
+    into: &mut Option<T>,
+    from: Option<T>,
+    merge: impl FnOnce(&mut T, T),
+) {
+    if let Some(from) = from {
+        merge(into.get_or_insert_with(T::default), from);
+    }
+}
+
+impl RawJail {
+    /// Lays `from`'s keys over this jail's.
+    pub fn overlay(&mut self, from: RawJail) {
+        overlay!(self, from; enabled, filter, journalmatch, failregex, ignoreregex, maxretry,
+            findtime, bantime, bantime_increment, bantime_factor, bantime_multipliers,
+            bantime_maxtime, bantime_rndtime, bantime_overalljails, ignoreip, ignoreself,
+            ipv6_prefix, ipv6_prefix_threshold, port, allports, protocol);
+    }
+}
+
+impl RawConfig {
+    /// Lays a later file over this one: sections and jails merge key by key.
+    pub fn overlay(&mut self, from: RawConfig) {
+        overlay_section(
+            &mut self.daemon,
+            from.daemon,
+            |a, b| overlay!(a, b; state_dir, socket, socket_group),
+        );
+        overlay_section(
+            &mut self.journal,
+            from.journal,
+            |a, b| overlay!(a, b; directory, namespace),
+        );
+        overlay_section(
+            &mut self.firewall,
+            from.firewall,
+            |a, b| overlay!(a, b; table),
+        );
+        overlay_section(
+            &mut self.fail2ban,
+            from.fail2ban,
+            |a, b| overlay!(a, b; filter_dir),
+        );
+        overlay_section(&mut self.defaults, from.defaults, RawJail::overlay);
+        for (name, jail) in from.jail {
+            match self.jail.remove(&name) {
+                Some(mut existing) => {
+                    existing.overlay(jail);
+                    self.jail.insert(name, existing);
+                }
+                None => {
+                    self.jail.insert(name, jail);
+                }
+            }
+        }
+    }
+}
