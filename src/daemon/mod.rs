@@ -73,10 +73,11 @@ pub enum Error {
 /// both latency and batch size while a long backlog is read.
 const FLUSH_AT: usize = 4096;
 /// After an entry, the journal is read every `ACTIVE_POLL` for
-/// `ACTIVE_FOR`, then every `WARM_POLL` until `WARM_FOR` has passed: the
-/// next failure of an attack usually follows within seconds, and a read of
-/// an unchanged journal costs a syscall or two. Past that, banjo waits on
-/// the fd alone (and on journald's ~250 ms notification delay).
+/// `ACTIVE_FOR`, then every `WARM_POLL` until `WARM_FOR` has passed, and
+/// beyond that as long as some address has failures on record (its next
+/// failure may ban it). A read of an unchanged journal costs a syscall or
+/// two. Otherwise banjo waits on the fd alone, and on journald's ~250 ms
+/// notification delay.
 const ACTIVE_FOR: Duration = Duration::from_secs(1);
 const ACTIVE_POLL: Duration = Duration::from_millis(2);
 const WARM_FOR: Duration = Duration::from_secs(30);
@@ -192,9 +193,13 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         let mut timeout: Option<Duration> =
             watchdog.map(|p| p.saturating_sub(now.duration_since(last_watchdog)));
         let mut shorten = |t: Duration| timeout = Some(timeout.map_or(t, |x| x.min(t)));
+        // Only a failure can complete a ban, so timer reads are worth it
+        // while some address has failures on record (its next one may be
+        // the maxretry-th), or right after any entry.
+        let armed = pipeline.tracker.tracked() > 0;
         match daemon.last_entry.map(|t| now.duration_since(t)) {
             Some(quiet) if quiet < ACTIVE_FOR => shorten(ACTIVE_POLL),
-            Some(quiet) if quiet < WARM_FOR => shorten(WARM_POLL),
+            Some(quiet) if quiet < WARM_FOR || armed => shorten(WARM_POLL),
             _ => {}
         }
         if daemon.dirty || daemon.status_stale {
