@@ -13,3 +13,4 @@ mod util;
 mod config;
 mod control;
 mod daemon;
+mod postfix;
