@@ -114,6 +114,42 @@ impl State {
         self.dir.join("state.json")
     }
 
+    fn position_path(&self) -> PathBuf {
+        self.dir.join("position.json")
+    }
+
+    /// Saves only the journal position, in its own small file: written
+    /// after every wakeup that read entries (rename, no fsync: a process
+    /// crash cannot tear it; after a power loss the older position in
+    /// `state.json` is used and a few entries are read again).
+    pub fn save_position(&self, position: &Position) -> Result<(), Error> {
+        let path = self.position_path();
+        let bytes = serde_json::to_vec(position).map_err(|e| Error {
+            path: path.clone(),
+            what: "encoding",
+            source: std::io::Error::other(e),
+        })?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|source| Error {
+                path,
+                what: "writing",
+                source,
+            })
+    }
+
+    /// The newer of the two saved positions.
+    fn newest_position(&self, snapshot: Option<Position>) -> Option<Position> {
+        let small = fs::read(self.position_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Position>(&b).ok());
+        match (snapshot, small) {
+            (Some(a), Some(b)) => Some(if b.time >= a.time { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The saved state; empty when there is none. An unreadable file is
     /// moved aside as `state.json.corrupt` with a warning, and banjo starts
     /// as on a first run rather than refusing to start.
@@ -121,7 +157,12 @@ impl State {
         let path = self.path();
         let text = match fs::read(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Snapshot::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Snapshot {
+                    position: self.newest_position(None),
+                    ..Snapshot::default()
+                })
+            }
             Err(source) => {
                 return Err(Error {
                     path,
@@ -131,7 +172,10 @@ impl State {
             }
         };
         match serde_json::from_slice::<Snapshot>(&text) {
-            Ok(s) if s.version <= VERSION => Ok(s),
+            Ok(mut s) if s.version <= VERSION => {
+                s.position = self.newest_position(s.position.take());
+                Ok(s)
+            }
             result => {
                 let why = match result {
                     Err(e) => e.to_string(),
@@ -148,7 +192,10 @@ impl State {
                     what: "moving a corrupt file aside",
                     source,
                 })?;
-                Ok(Snapshot::default())
+                Ok(Snapshot {
+                    position: self.newest_position(None),
+                    ..Snapshot::default()
+                })
             }
         }
     }
@@ -228,6 +275,14 @@ mod tests {
         assert_eq!(state.load().unwrap(), Snapshot::default());
         assert!(dir.join("state.json.corrupt").exists());
         assert!(!dir.join("state.json").exists());
+        // The small position file wins when it is newer.
+        let newer = Position {
+            cursor: "s=abc;i=2".into(),
+            time: 43,
+        };
+        state.save_position(&newer).unwrap();
+        assert_eq!(state.load().unwrap().position, Some(newer));
+        fs::remove_file(dir.join("position.json")).unwrap();
         // A file from a newer banjo is set aside too, not misread.
         fs::write(
             dir.join("state.json"),

@@ -23,7 +23,8 @@
 //! Then everything is torn down and the suite checks nothing is left.
 //! Assertions read the journal (`journalctl --namespace`), banjo's log
 //! (`[jail] Found IP`, `[jail] Ban IP`), the kernel's sets and real TCP
-//! connections; `banjo status --json` is not used yet (see `status_json`).
+//! connections, and `banjo status --json` is checked against the kernel
+//! after each scenario (see `status_agrees`).
 
 mod lab;
 mod smtp;
@@ -135,18 +136,58 @@ port = "smtp,submission"
     path
 }
 
-/// FOR THE LEAD: `banjo status --json` assertions go here once the control
-/// socket lands. Deliberately unused: the suite asserts on the journal and
-/// nftables only.
-#[allow(dead_code)]
-fn status_json(ns: &Netns, config: &Path) -> Option<serde_json::Value> {
-    let out = ns
-        .command(crate::util::banjo_bin())
-        .args(["status", "--json", "--config"])
+/// `banjo status --json`, parsed.
+fn status_json(config: &Path, jail: Option<&str>) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(crate::util::banjo_bin());
+    cmd.arg("status");
+    if let Some(j) = jail {
+        cmd.arg(j);
+    }
+    let out = cmd
+        .args(["--json", "--config"])
         .arg(config)
         .output()
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "banjo status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What `banjo status` reports agrees with the kernel's sets: per jail the
+/// number banned now and the addresses listed; `expect` pins a jail's
+/// total bans. Returns every address the status lists.
+fn status_agrees(lab: &Lab, config: &Path, table: &str, expect: &[(&str, u64)]) -> Vec<IpAddr> {
+    let all = status_json(config, None);
+    let mut listed_everywhere = Vec::new();
+    for j in all["jails"].as_array().unwrap() {
+        let name = j["name"].as_str().unwrap();
+        let mut kernel = banned(lab, table, name);
+        kernel.sort();
+        assert_eq!(
+            j["currently_banned"].as_u64(),
+            Some(kernel.len() as u64),
+            "{name}: {j}"
+        );
+        let one = status_json(config, Some(name));
+        let mut listed: Vec<IpAddr> = one["banned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|b| b["ip"].as_str()?.parse().ok())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, kernel, "{name}: status vs kernel");
+        for (jail, total) in expect {
+            if *jail == name {
+                assert_eq!(j["total_banned"].as_u64(), Some(*total), "{name}: {j}");
+            }
+        }
+        listed_everywhere.extend(listed);
+    }
+    listed_everywhere
 }
 
 /// Maps the Instants SetWatcher reports to wall-clock time, to compare
@@ -467,6 +508,7 @@ fn scenarios(lab: &Lab, tables: &[String; 2], banjo_pids: &mut Vec<(i32, String)
         let postfix_watch = SetWatcher::new(&lab.server, table, POSTFIX);
 
         scenario_flood(lab, &banjo, table, &flood_watch, &clock);
+        status_agrees(lab, &cfg, table, &[(FLOOD, flooders().len() as u64)]);
         println!(
             "postfix e2e: scenario 1 done at {:.1} s",
             phase.elapsed().as_secs_f64()
@@ -477,11 +519,14 @@ fn scenarios(lab: &Lab, tables: &[String; 2], banjo_pids: &mut Vec<(i32, String)
             phase.elapsed().as_secs_f64()
         );
         scenario_helo(lab, &banjo, table, &postfix_watch);
+        status_agrees(lab, &cfg, table, &[(FLOOD, flooders().len() as u64)]);
         println!(
             "postfix e2e: scenario 3 done at {:.1} s",
             phase.elapsed().as_secs_f64()
         );
         scenario_injection(lab, &banjo, table);
+        let listed = status_agrees(lab, &cfg, table, &[]);
+        assert!(!listed.contains(&ip("192.0.2.99")), "{listed:?}");
         println!(
             "postfix e2e: scenario 7 done at {:.1} s",
             phase.elapsed().as_secs_f64()
@@ -493,6 +538,7 @@ fn scenarios(lab: &Lab, tables: &[String; 2], banjo_pids: &mut Vec<(i32, String)
         }
     });
     scenario_legit(lab, &banjo, table, &bg.into_inner().unwrap());
+    status_agrees(lab, &cfg, table, &[]);
     println!(
         "postfix e2e: scenario 4 done at {:.1} s",
         phase.elapsed().as_secs_f64()

@@ -82,8 +82,9 @@ const ACTIVE_FOR: Duration = Duration::from_secs(1);
 const ACTIVE_POLL: Duration = Duration::from_millis(2);
 const WARM_FOR: Duration = Duration::from_secs(30);
 const WARM_POLL: Duration = Duration::from_millis(10);
-/// How often the state is saved while it changes.
-const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How soon after a ban the state file (bans, history, position) is
+/// saved: batches several wakeups' bans into one write under a flood.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
 /// How often stale failures are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
@@ -160,6 +161,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         last_status: Instant::now(),
         last_expire: Instant::now(),
         dirty: false,
+        position_dirty: false,
         started: Instant::now(),
         errors: 0,
         status_stale: false,
@@ -539,8 +541,10 @@ struct Daemon {
     last_saved: Instant,
     last_status: Instant,
     last_expire: Instant,
-    /// The state changed since it was last saved.
+    /// Bans or history changed since the state file was last saved.
     dirty: bool,
+    /// The journal position moved since it was last saved.
+    position_dirty: bool,
     started: Instant,
     /// Runtime errors since start (logged, rate-limited).
     errors: u64,
@@ -615,7 +619,7 @@ impl Daemon {
             self.hits = hits;
             if !replaying {
                 self.counters.lines += 1;
-                self.dirty = true;
+                self.position_dirty = true;
             }
             if self.pending.len() >= FLUSH_AT {
                 self.flush(p)?;
@@ -623,7 +627,7 @@ impl Daemon {
         }
         if any {
             self.last_entry = Some(Instant::now());
-            if self.dirty {
+            if self.position_dirty {
                 if let (Ok(cursor), Ok(time)) = (p.journal.cursor(), p.journal.time()) {
                     self.position = Some(Position { cursor, time });
                 }
@@ -631,8 +635,17 @@ impl Daemon {
         }
         self.flush(p)?;
         let now = Instant::now();
-        if self.dirty && now.duration_since(self.last_saved) >= SAVE_EVERY {
-            self.save(p)?;
+        if self.dirty {
+            if now.duration_since(self.last_saved) >= SAVE_EVERY {
+                self.save(p)?;
+            }
+        } else if self.position_dirty {
+            // Nothing but the position changed: the small file, at once,
+            // so a restart resumes exactly after the last entry read.
+            if let Some(pos) = &self.position {
+                self.state.save_position(pos)?;
+            }
+            self.position_dirty = false;
         }
         if now.duration_since(self.last_expire) >= EXPIRE_EVERY {
             p.tracker.expire(now_micros());
@@ -807,6 +820,7 @@ impl Daemon {
         let snapshot = snapshot_of(p, self.position.clone());
         self.state.save(&snapshot)?;
         self.dirty = false;
+        self.position_dirty = false;
         self.last_saved = Instant::now();
         Ok(())
     }
