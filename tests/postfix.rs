@@ -41,7 +41,7 @@ use nix::errno::Errno;
 
 use self::lab::{JEntry, Lab, PASSWORD, RCPT, USER};
 use self::smtp::{dial, Session};
-use crate::util::{nft_elements, percentile, root_or_skip, Banjo, Netns, SetWatcher};
+use crate::util::{nft_elements, percentile, root_or_skip, Banjo, SetWatcher};
 
 const FLOOD: &str = "postfix-flood-attack";
 const POSTFIX: &str = "postfix";
