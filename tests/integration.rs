@@ -13,4 +13,5 @@ mod util;
 mod config;
 mod control;
 mod daemon;
+mod package;
 mod postfix;
