@@ -168,10 +168,10 @@ fn print_status(data: &Value) {
         println!(
             "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}",
             j["name"].as_str().unwrap_or("?"),
-            j["currently_failed"],
-            j["total_failed"],
-            j["currently_banned"],
-            j["total_banned"]
+            cell(&j["currently_failed"]),
+            cell(&j["total_failed"]),
+            cell(&j["currently_banned"]),
+            cell(&j["total_banned"])
         );
     }
     if one {
@@ -190,9 +190,9 @@ fn print_status(data: &Value) {
                 b["ip"].as_str().unwrap_or("?"),
                 human_secs(b["expires"].as_i64().or(Some(-1))),
                 human_secs(b["timeout"].as_i64().or(Some(-1))),
-                b["bans"],
-                b.get("packets").map_or("-".to_string(), |v| v.to_string()),
-                b.get("bytes").map_or("-".to_string(), |v| v.to_string()),
+                cell(&b["bans"]),
+                cell(&b["packets"]),
+                cell(&b["bytes"]),
             );
         }
     }
@@ -210,9 +210,19 @@ fn print_stats(data: &Value) {
         println!(
             "jail {:<24} failures {:>8}  bans {:>8}",
             j["name"].as_str().unwrap_or("?"),
-            j["failures"],
-            j["bans"]
+            cell(&j["failures"]),
+            cell(&j["bans"])
         );
+    }
+}
+
+/// A JSON number or string as table text (a `Value` ignores widths);
+/// `-` when absent.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
