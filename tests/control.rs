@@ -188,6 +188,20 @@ fn group_members_may_read_but_not_ban_and_others_cannot_connect() {
     let (code, _, err) = cli_as(&config, &["unban", "192.0.2.9"], member);
     assert_eq!(code, 4, "{err}");
     assert!(banned_ips(&ns, &table, "mail").is_empty());
+    // Membership through a supplementary group counts too (SO_PEERGROUPS).
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65533"])
+        .arg(format!("--groups={nogroup}"))
+        .arg(banjo_bin())
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Neither root nor in the group: the socket's mode keeps it out.
     let (code, _, err) = cli_as(&config, &["status"], Some((65534, 65533)));
     assert_eq!(code, 3, "{err}");

@@ -86,7 +86,7 @@ impl Server {
             Ok(c) => Peer {
                 uid: c.uid(),
                 pid: c.pid(),
-                in_group: c.uid() == 0 || self.peer_in_group(c.gid(), c.pid()),
+                in_group: c.uid() == 0 || self.peer_in_group(&stream, c.gid()),
             },
             Err(_) => return None,
         };
@@ -109,24 +109,11 @@ impl Server {
         }
     }
 
-    fn peer_in_group(&self, gid: u32, pid: i32) -> bool {
+    fn peer_in_group(&self, stream: &UnixStream, gid: u32) -> bool {
         let Some(group) = self.group else {
             return false;
         };
-        if gid == group.as_raw() {
-            return true;
-        }
-        // Supplementary groups are not in SO_PEERCRED; /proc has them.
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines().find(|l| l.starts_with("Groups:")).map(|l| {
-                    l["Groups:".len()..]
-                        .split_whitespace()
-                        .any(|g| g.parse::<u32>().ok() == Some(group.as_raw()))
-                })
-            })
-            .unwrap_or(false)
+        gid == group.as_raw() || peer_groups(stream).contains(&group.as_raw())
     }
 
     /// Whether this process is root (a non-root daemon cannot grant root).
@@ -144,6 +131,40 @@ impl AsFd for Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The peer's supplementary groups, as the kernel recorded them at
+/// connect (SO_PEERGROUPS): no /proc lookup, so no race with the pid and
+/// nothing for ProtectProc= to hide.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the buffer is valid for `len` bytes and the kernel
+        // writes at most that many, reporting the size it needs.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return groups;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
+            && needed > groups.len()
+        {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Vec::new();
     }
 }
 
