@@ -11,10 +11,14 @@
 //!                                                            nft sets)
 //! ```
 //!
-//! `daemon` is the only module that knows every stage; `config`, `state`,
-//! `log` and `cli` sit around the pipeline. The vocabulary is fail2ban's:
-//! jail, filter, failregex, ignoreregex, journalmatch, maxretry, findtime,
-//! bantime, ignoreip, ban, unban.
+//! `daemon` is the only module that knows every stage. Around the pipeline
+//! sit `config` (banjo.toml and its drop-ins), `fail2ban` (reading
+//! fail2ban's filter files), `state` (journal position, bans and history
+//! on disk), `control` (the socket the CLI talks to), `own` (the host's
+//! addresses, for ignoreself), `log` and `cli`. The leaf types every
+//! stage shares are in `jail`, `ticket` and `net`. The vocabulary is
+//! fail2ban's: jail, filter, failregex, ignoreregex, journalmatch,
+//! maxretry, findtime, bantime, ignoreip, ban, unban.
 
 pub mod cli;
 pub mod config;
