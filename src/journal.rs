@@ -276,35 +276,27 @@ impl Journal {
         }))
     }
 
-    /// `HOSTNAME IDENT[PID]: MESSAGE`, as fail2ban's systemd backend
-    /// formats an entry: the identifier falls back to `_COMM`, the pid to
-    /// `_PID`; without a pid the brackets are left out.
+    /// The line fail2ban's systemd backend would match for this entry
+    /// (its exact format lives in `fail2ban::journal_line`).
     fn build_line(&mut self) {
-        let mut field = |names: &[&str]| -> Vec<u8> {
-            for name in names {
-                if let Ok(Some(f)) = self.handle.get_data(*name) {
-                    if let Some(v) = f.value() {
-                        return v.to_vec();
-                    }
-                }
-            }
-            Vec::new()
+        let mut field = |names: &[&str]| -> Option<Vec<u8>> {
+            names.iter().find_map(|name| {
+                let f = self.handle.get_data(*name).ok()??;
+                f.value().map(<[u8]>::to_vec)
+            })
         };
         let host = field(&["_HOSTNAME"]);
         let ident = field(&["SYSLOG_IDENTIFIER", "_COMM"]);
         let pid = field(&["SYSLOG_PID", "_PID"]);
-        let line = &mut self.line;
-        if !host.is_empty() {
-            line.extend_from_slice(&host);
-            line.push(b' ');
-        }
-        line.extend_from_slice(&ident);
-        if !pid.is_empty() {
-            line.push(b'[');
-            line.extend_from_slice(&pid);
-            line.push(b']');
-        }
-        line.extend_from_slice(b": ");
-        line.extend_from_slice(&self.message);
+        let mono = field(&["_SOURCE_MONOTONIC_TIMESTAMP"])
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+        crate::fail2ban::journal_line(
+            &mut self.line,
+            host.as_deref(),
+            ident.as_deref(),
+            pid.as_deref(),
+            mono,
+            &self.message,
+        );
     }
 }

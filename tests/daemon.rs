@@ -542,3 +542,72 @@ fn notifies_ready_status_and_watchdog() {
     banjo.wait_for("READY=1", Duration::from_secs(3));
     assert!(banjo.stop().success());
 }
+
+#[test]
+fn a_fail2ban_filter_file_bans_from_the_journal() {
+    if !root_or_skip("a_fail2ban_filter_file_bans_from_the_journal") {
+        return;
+    }
+    let ns = Netns::new();
+    let mut journal = JournalDir::new();
+    let dir = TempDir::new("f2bfilter");
+    let table = unique("t");
+    // The tutorial's own filter file, unmodified, through `filter = NAME`,
+    // and one anchored on the prefix fail2ban's systemd backend puts in
+    // front of MESSAGE (`email postfix/smtpd[22095]: ...`): both see the
+    // line fail2ban would build from the entry.
+    let filters = dir.path().join("filter.d");
+    std::fs::create_dir(&filters).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/conformance/tutorial/filter.d/postfix-flood-attack.conf"
+        ),
+        filters.join("postfix-flood-attack.conf"),
+    )
+    .unwrap();
+    std::fs::write(
+        filters.join("prefixed.conf"),
+        "[Definition]\nfailregex = ^email postfix/smtpd\\[22095\\]: lost connection after AUTH from unknown\\[<HOST>\\]$\n",
+    )
+    .unwrap();
+    let jails = format!(
+        r#"
+[fail2ban]
+filter_dir = "{}"
+
+[jail.postfix-flood-attack]
+filter = "postfix-flood-attack"
+maxretry = 4
+port = "smtp"
+
+[jail.prefixed]
+filter = "prefixed"
+maxretry = 4
+port = "smtp"
+"#,
+        filters.display()
+    );
+    let config = write_config(dir.path(), journal.path(), &table, &jails);
+    journal.append(&Entry::smtpd(
+        now_micros(),
+        "connect from unknown[198.51.100.1]",
+    ));
+    let banjo = Banjo::start(&ns, &config);
+    for _ in 0..3 {
+        journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.77")));
+    }
+    assert!(banjo.logged(&["Found 203.0.113.77"]), "{:?}", banjo.log());
+    assert!(banned_ips(&ns, &table, "postfix-flood-attack").is_empty());
+    journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.77")));
+    assert!(
+        eventually(Duration::from_secs(5), || banned_ips(
+            &ns,
+            &table,
+            "postfix-flood-attack"
+        ) == sorted(&["203.0.113.77"])
+            && banned_ips(&ns, &table, "prefixed") == sorted(&["203.0.113.77"])),
+        "{:?}",
+        banjo.log()
+    );
+}

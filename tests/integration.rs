@@ -11,6 +11,7 @@
 mod util;
 
 mod config;
+mod conformance;
 mod control;
 mod daemon;
 mod package;

@@ -5,7 +5,9 @@
 //! 2 a configuration or usage error; 3 the daemon cannot be reached;
 //! 4 permission denied.
 
+mod check;
 mod control;
+mod import;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +23,10 @@ usage: banjo run [--config PATH]
        banjo unban IP... [--jail JAIL | --all] [--json]
        banjo reload [--json]
        banjo stats [--json]
+       banjo check (--filter NAME[ARGS] | --filter PATH.conf[ARGS] | --config PATH --jail NAME)
+                   [--filter-dir DIR] [--print-missed] [--json]
+                   (FILE | - | --journal [--journal-dir DIR] [--since T] [--until T] [FIELD=value ...])
+       banjo import [PATH]   (a fail2ban jail.local as banjo.toml; default /etc/fail2ban/jail.local)
 
 The control commands reach the daemon through the socket named in the
 configuration (--config PATH) or given with --socket PATH.
@@ -51,6 +57,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
             }
         }
         Some(cmd @ ("status" | "ban" | "unban" | "reload" | "stats")) => control::main(cmd, &rest),
+        Some("check") => check::main(&rest),
+        Some("import") => import::main(&rest),
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

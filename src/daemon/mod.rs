@@ -576,8 +576,15 @@ impl Daemon {
             let jails = jails_for(&p.jails_of_match, entry.matched);
             self.hits.clear();
             if !jails.is_empty() {
-                p.filter
-                    .scan(&mut p.cache, entry.message, &jails, &mut self.hits);
+                // `entry.line` is empty unless some jail uses a fail2ban
+                // filter, which matches it instead of the bare MESSAGE.
+                p.filter.scan_entry(
+                    &mut p.cache,
+                    entry.message,
+                    entry.line,
+                    &jails,
+                    &mut self.hits,
+                );
             }
             let replaying = match mode {
                 Mode::Replay(pos) => {

@@ -19,6 +19,17 @@
 //!    matcher would need a capture cache of hundreds of MB.) Identical
 //!    patterns of several jails share one pattern and one capture run.
 //!
+//! # fail2ban's filters
+//!
+//! Jails whose filter comes from fail2ban ([`FilterInput::Fail2banLine`])
+//! are matched with fail2ban's semantics instead, on the line fail2ban's
+//! journal backend builds: see `imported.rs` (how) and `python.rs` (the
+//! translation of Python's regex dialect, and of look-around, which the
+//! DFA only over-approximates and an exact engine then confirms). Their
+//! failregexes have their own combined DFA, so the cost of a line stays
+//! flat in the number of jails there too. [`Filter::scan_entry`] matches
+//! both kinds; [`Filter::scan`] only banjo's own.
+//!
 //! The syntax is ASCII and byte-oriented (`unicode(false)`, `utf8(false)`):
 //! MESSAGE may be any bytes, `\w`/`\d`/`\s`/`\b` are ASCII, `.` matches any
 //! byte but `\n`. This keeps the lazy DFA usable: a Unicode `\b` would make
@@ -60,6 +71,8 @@
 
 mod failregex;
 mod host;
+mod imported;
+mod python;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -72,17 +85,32 @@ use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
 
-use crate::jail::{Jail, JailId, JailSet, MAX_JAILS};
+use crate::jail::{FilterInput, Jail, JailId, JailSet, MAX_JAILS};
 
 use self::host::HostKind;
+use self::imported::{Imported, Spec, Text};
+
+/// Marks the first failregex of a [`FilterInput::Fail2banLine`] jail as
+/// its fail2ban `prefregex` (it is a Python comment group, so the entry
+/// stays a valid fail2ban regex). `crate::fail2ban` writes it; until
+/// `Jail` carries the prefregex itself, this is how it reaches the filter.
+pub const PREFREGEX_MARK: &str = "(?#banjo:prefregex)";
 
 /// banjo's failregexes for Postfix smtpd (journal MESSAGE, no syslog prefix):
-/// SASL authentication failures, and 5xx rejects of RCPT, MAIL, EHLO/HELO or
-/// VRFY (non-FQDN HELO, relay access denied, unknown user, ...), each with
-/// the client's `name[address]` (and port, with `smtpd_client_port_logging`).
+/// SASL authentication failures; 5xx rejects of RCPT, MAIL, EHLO/HELO,
+/// VRFY, DATA or BDAT (non-FQDN HELO, relay access denied, unknown user,
+/// milter rejects, ...); the 4xx rejects fail2ban's `postfix` filter also
+/// counts (client or HELO host not found, unknown sender domain, RBL
+/// listings: not greylisting); and "improper command pipelining" or "too
+/// many errors" after a command. Each with the client's `name[address]`
+/// (and port, with `smtpd_client_port_logging`). On fail2ban's own postfix
+/// samples this finds every failure its default mode finds (see
+/// tests/conformance.rs).
 pub const POSTFIX_FAILREGEX: &[&str] = &[
     r"warning: [-._0-9A-Za-z]+\[<HOST>\](?::[0-9]+)?: SASL [-_0-9A-Za-z]+ authentication failed",
-    r"[0-9A-Za-z]+: reject: (?:RCPT|MAIL|EHLO|HELO|VRFY) from [-._0-9A-Za-z]+\[<HOST>\](?::[0-9]+)?: 5[0-9][0-9] ",
+    r"[0-9A-Za-z]+: (?:milter-)?reject: (?:RCPT|MAIL|EHLO|HELO|VRFY|DATA|BDAT|END-OF-MESSAGE) from [-._0-9A-Za-z]*\[<HOST>\](?::[0-9]+)?: 5[0-9][0-9] ",
+    r"[0-9A-Za-z]+: (?:milter-)?reject: (?:RCPT|MAIL|EHLO|HELO|VRFY|DATA|BDAT) from [-._0-9A-Za-z]*\[<HOST>\](?::[0-9]+)?: 4[0-9][0-9] 4\.[0-9]\.[0-9]+ (?:(?:<[^>]*>)?: )?(?:(?:Helo command|(?:Sender|Recipient) address) rejected: )?(?:Service unavailable|(?:Client host|Command|Data command) rejected|Relay access denied|(?:Host|Domain) not found|need fully-qualified hostname)",
+    r"(?:improper command pipelining|too many errors) after [A-Z]+ from [-._0-9A-Za-z]*\[<HOST>\](?::[0-9]+)?(?::|$)",
 ];
 
 /// The matching ignoreregex for [`POSTFIX_FAILREGEX`]: a SASL failure
@@ -185,6 +213,42 @@ pub struct Hit {
     pub outcome: Outcome,
 }
 
+/// Checks a fail2ban filter's regexes the way [`Filter::new`] compiles
+/// them for a [`FilterInput::Fail2banLine`] jail. In the error, a
+/// prefregex problem has no index; failregex `i` is the `i`-th failregex.
+pub fn check_fail2ban(
+    prefregex: Option<&str>,
+    failregex: &[String],
+    ignoreregex: &[String],
+) -> Result<(), BuildError> {
+    let fail: Vec<(usize, String)> = failregex.iter().cloned().enumerate().collect();
+    Imported::new(&[Spec {
+        name: "check".to_string(),
+        prefregex: prefregex.map(str::to_string),
+        failregex: fail,
+        ignoreregex: ignoreregex.to_vec(),
+    }])
+    .map(|_| ())
+    .map_err(|mut e| {
+        if e.reason.starts_with("prefregex: ") {
+            e.index = None;
+            e.reason = e.reason["prefregex: ".len()..].to_string();
+        }
+        e
+    })
+}
+
+/// A [`Hit`] with the failure id as the filter found it (for `banjo
+/// check` and the conformance test; the daemon needs only the hit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detail {
+    /// The hit.
+    pub hit: Hit,
+    /// The failure id: the address, or for fail2ban filters the host name
+    /// or `<F-ID>` text fail2ban would report; `None` for ignored hits.
+    pub host: Option<String>,
+}
+
 /// Result of one capture run, remembered for the rest of the scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Captured {
@@ -219,6 +283,11 @@ pub struct Filter {
     all: Regex,
     fail: Vec<FailPattern>,
     jails: Vec<JailPatterns>,
+    /// The fail2ban-dialect jails, and which jail each is.
+    imported: Option<Imported>,
+    imported_ids: Vec<JailId>,
+    /// Whether any jail uses banjo's own dialect.
+    has_native: bool,
 }
 
 /// Per-thread mutable search state for one [`Filter`].
@@ -233,6 +302,10 @@ pub struct Cache {
     /// Capture results of the current scan, and which entries to reset.
     memo: Vec<Option<Captured>>,
     touched: Vec<usize>,
+    /// State of the fail2ban-dialect jails.
+    imported: Option<imported::State>,
+    /// The fail2ban line being matched, `\n` appended.
+    line: Vec<u8>,
 }
 
 static NEXT_FILTER_ID: AtomicU64 = AtomicU64::new(0);
@@ -329,7 +402,44 @@ impl Filter {
         let mut ignore_texts: Vec<String> = Vec::new();
         let mut ignore_ids: HashMap<String, usize> = HashMap::new();
         let mut per_jail: Vec<(Vec<usize>, Vec<usize>)> = Vec::with_capacity(jails.len());
-        for jail in jails {
+        let mut imported_specs = Vec::new();
+        let mut imported_ids = Vec::new();
+        for (j, jail) in jails.iter().enumerate() {
+            if jail.input == FilterInput::Fail2banLine {
+                if jail.failregex.is_empty() {
+                    return Err(BuildError {
+                        jail: Some(jail.name.clone()),
+                        kind: PatternKind::Failregex,
+                        index: None,
+                        reason: "the list is empty".to_string(),
+                    });
+                }
+                let mut prefregex = None;
+                let mut fail = Vec::new();
+                for (i, re) in jail.failregex.iter().enumerate() {
+                    match re.strip_prefix(PREFREGEX_MARK) {
+                        Some(p) if i == 0 => prefregex = Some(p.to_string()),
+                        _ => fail.push((i, re.clone())),
+                    }
+                }
+                if fail.is_empty() {
+                    return Err(BuildError {
+                        jail: Some(jail.name.clone()),
+                        kind: PatternKind::Failregex,
+                        index: None,
+                        reason: "no failregex after the prefregex".to_string(),
+                    });
+                }
+                imported_specs.push(Spec {
+                    name: jail.name.clone(),
+                    prefregex,
+                    failregex: fail,
+                    ignoreregex: jail.ignoreregex.clone(),
+                });
+                imported_ids.push(JailId(u16::try_from(j).unwrap_or(u16::MAX)));
+                per_jail.push((Vec::new(), Vec::new()));
+                continue;
+            }
             let err = |kind, index, reason| BuildError {
                 jail: Some(jail.name.clone()),
                 kind,
@@ -392,12 +502,20 @@ impl Filter {
                     .collect::<Result<_, _>>()?,
             });
         }
+        let imported = if imported_specs.is_empty() {
+            None
+        } else {
+            Some(Imported::new(&imported_specs)?)
+        };
         Ok(Filter {
             id: NEXT_FILTER_ID.fetch_add(1, Ordering::Relaxed),
             first,
             all,
             fail,
             jails: jail_patterns,
+            has_native: imported_ids.len() < jails.len(),
+            imported,
+            imported_ids,
         })
     }
 
@@ -410,6 +528,13 @@ impl Filter {
         Ok(())
     }
 
+    /// Whether matching a line never depends on earlier lines (no jail
+    /// uses fail2ban's multi-line failure ids), so lines may be matched
+    /// in any order, on several threads.
+    pub fn is_stateless(&self) -> bool {
+        self.imported.as_ref().map_or(true, Imported::is_stateless)
+    }
+
     /// Fresh search state for this filter; keep one per thread.
     pub fn cache(&self) -> Cache {
         Cache {
@@ -420,6 +545,124 @@ impl Filter {
             captures: (0..self.fail.len()).map(|_| None).collect(),
             memo: vec![None; self.fail.len()],
             touched: Vec::new(),
+            imported: self.imported.as_ref().map(Imported::state),
+            line: Vec::new(),
+        }
+    }
+
+    /// Matches one journal entry for the jails in `jails`: banjo's own
+    /// filters see `message` (the bare MESSAGE), fail2ban filters see
+    /// `line`, the line fail2ban's systemd backend builds
+    /// (`_HOSTNAME SYSLOG_IDENTIFIER[SYSLOG_PID]: MESSAGE`, see
+    /// [`FilterInput::Fail2banLine`]). Appends at most one [`Hit`] per
+    /// jail to `hits`.
+    pub fn scan_entry(
+        &self,
+        cache: &mut Cache,
+        message: &[u8],
+        line: &[u8],
+        jails: &JailSet,
+        hits: &mut Vec<Hit>,
+    ) {
+        if self.has_native {
+            self.scan(cache, message, jails, hits);
+        }
+        self.scan_imported(cache, line, jails, &mut |hit, _| hits.push(hit));
+    }
+
+    /// [`Filter::scan_entry`], with the failure id of each hit.
+    pub fn scan_entry_details(
+        &self,
+        cache: &mut Cache,
+        message: &[u8],
+        line: &[u8],
+        jails: &JailSet,
+        out: &mut Vec<Detail>,
+    ) {
+        let mut hits = Vec::new();
+        if self.has_native {
+            self.scan(cache, message, jails, &mut hits);
+        }
+        for hit in hits {
+            let host = match hit.outcome {
+                Outcome::Failure(ip) => Some(ip.to_string()),
+                _ => None,
+            };
+            out.push(Detail { hit, host });
+        }
+        self.scan_imported(cache, line, jails, &mut |hit, host| {
+            out.push(Detail { hit, host })
+        });
+    }
+
+    /// The fail2ban-dialect jails' part of a scan.
+    fn scan_imported(
+        &self,
+        cache: &mut Cache,
+        line: &[u8],
+        jails: &JailSet,
+        sink: &mut dyn FnMut(Hit, Option<String>),
+    ) {
+        let Some(imp) = &self.imported else {
+            return;
+        };
+        if cache.filter != self.id {
+            *cache = self.cache();
+        }
+        if !self.imported_ids.iter().any(|id| jails.contains(*id)) {
+            return;
+        }
+        let Cache {
+            line: buf,
+            imported: state,
+            ..
+        } = cache;
+        let Some(state) = state.as_mut() else {
+            return;
+        };
+        // fail2ban's journal backend writes a newline in MESSAGE as a
+        // backslash and an `n`,
+        // and searches the line with a newline appended.
+        buf.clear();
+        if line.contains(&b'\n') {
+            for &b in line {
+                if b == b'\n' {
+                    buf.extend_from_slice(b"\\n");
+                } else {
+                    buf.push(b);
+                }
+            }
+        } else {
+            buf.extend_from_slice(line);
+        }
+        buf.push(b'\n');
+        let ascii = buf.is_ascii();
+        let lossy = match std::str::from_utf8(buf) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(buf),
+        };
+        let text = Text {
+            bytes: lossy.as_bytes(),
+            str: &lossy,
+            ascii,
+        };
+        if ascii && !imp.prefilter(state, &text) {
+            return;
+        }
+        for (k, id) in self.imported_ids.iter().enumerate() {
+            if !jails.contains(*id) {
+                continue;
+            }
+            if let Some(found) = imp.eval(k, state, &text, ascii) {
+                sink(
+                    Hit {
+                        jail: *id,
+                        failregex: found.failregex,
+                        outcome: found.outcome,
+                    },
+                    found.host,
+                );
+            }
         }
     }
 
@@ -646,6 +889,23 @@ mod tests {
                 "D45C3D01B2: reject: RCPT from unknown[192.0.2.66]: 554 5.7.1 <v@example.org>: Relay access denied; from=<s@example.net> to=<v@example.org> proto=ESMTP helo=<x>",
                 failure("192.0.2.66"),
             ),
+            // The temporary rejects fail2ban counts too.
+            (
+                "NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 450 4.7.1 Client host rejected: cannot find your hostname, [192.0.2.66]; from=<a@example.net> to=<b@example.test> proto=ESMTP helo=<x>",
+                failure("192.0.2.66"),
+            ),
+            (
+                "improper command pipelining after DATA from unknown[192.0.2.66]:",
+                failure("192.0.2.66"),
+            ),
+            (
+                "too many errors after RCPT from mail.example.net[192.0.2.66]",
+                failure("192.0.2.66"),
+            ),
+            (
+                "NOQUEUE: reject: RCPT from [192.0.2.66]:60591: 550 5.7.1 Service unavailable; client [192.0.2.66] blocked using rbl.example.com",
+                failure("192.0.2.66"),
+            ),
             // Greylisting and other temporary rejects are not failures.
             (
                 "NOQUEUE: reject: RCPT from unknown[192.0.2.66]: 450 4.7.1 <x@example.test>: Recipient address rejected: try later; from=<a@example.net> to=<x@example.test> proto=ESMTP helo=<a>",
@@ -782,7 +1042,7 @@ mod tests {
         f.scan(&mut cache, line, &JailSet::EMPTY, &mut hits);
         assert!(hits.is_empty());
         // Shared patterns are stored once.
-        assert_eq!(f.fail.len(), 3);
+        assert_eq!(f.fail.len(), POSTFIX_FAILREGEX.len() + 1);
     }
 
     #[test]

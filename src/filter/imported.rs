@@ -1,0 +1,886 @@
+//! Jails whose filter comes from fail2ban ([`FilterInput::Fail2banLine`]):
+//! fail2ban's matching, reproduced.
+//!
+//! For each journal entry fail2ban's systemd backend builds the line
+//! `HOSTNAME IDENT[PID]: MESSAGE` and searches the buffer `line + "\n"`
+//! (not anchored): first the `prefregex`, whose `<F-CONTENT>` group (when
+//! not empty) becomes the buffer the failregexes see; then each failregex
+//! in order. The first that matches decides: vetoed if an ignoreregex
+//! matches the same buffer, "not a failure" with `<F-NOFAIL>`, otherwise
+//! a failure of the address in `ip4`/`ip6` (a host name in `dns`, or a
+//! failure id that is not an address, is never banned: banjo does not
+//! resolve names). With `<F-MLFID>` the groups of successive lines with
+//! the same id are merged, as fail2ban's multi-line failure id cache does
+//! (a connection's address, seen once, names its later failures). A
+//! filter with at most `len(failregex) - 3` ignoreregexes also checks them
+//! against the whole line first, as fail2ban does.
+//!
+//! # Cost
+//!
+//! One combined lazy DFA over all imported failregexes (each a superset,
+//! see `python.rs`), prefixed with its jail's prefregex where that keeps
+//! it a superset, rejects most lines in one pass whatever the number of
+//! jails. Only the failregexes it reports run exactly: regex-automata with
+//! captures on ASCII lines, fancy-regex for look-around and friends and
+//! for lines that are not pure ASCII (where Python's Unicode classes
+//! differ from ASCII ones).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use regex_automata::meta::{self, Regex};
+use regex_automata::util::captures::Captures;
+use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
+
+use super::python::{self, Mode, Pattern};
+use super::{combined_config, regex_reason, syntax_config, BuildError, Outcome, PatternKind};
+
+/// fail2ban's multi-line failure-id cache: at most this many ids...
+const MLFID_MAX: usize = 100;
+/// ...each kept this long.
+const MLFID_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// The groups fail2ban gives meaning to.
+const FAILURE_ID_GROUPS: &[&str] = &["fid", "ip4", "ip6", "dns", "mlfid"];
+
+/// A pattern with look-arounds, matched by regex-automata with each
+/// look-around as an empty marker group: the best relaxed match is
+/// Python's match when every look-around on its path holds (any better
+/// path of the real pattern would be a better relaxed one), so only
+/// when one fails does fancy-regex decide.
+#[derive(Debug)]
+struct Relaxed {
+    regex: Regex,
+    /// Per look-around: its marker group, the look-around, its body.
+    looks: Vec<(usize, python::Look, Regex)>,
+}
+
+/// One pattern, compiled for both engines.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    /// regex-automata (ASCII, bytes), when the pattern is regular.
+    exact: Option<Regex>,
+    /// regex-automata with look-around markers, when that works.
+    relaxed: Option<Relaxed>,
+    /// fancy-regex (Unicode), always exact: compiled at once when ASCII
+    /// lines need it, else (non-ASCII lines only) on first use; its
+    /// syntax is checked at once either way.
+    fancy: OnceLock<Option<fancy_regex::Regex>>,
+    fancy_text: String,
+    /// Capture group names, in order.
+    names: Vec<String>,
+    /// Index of [`Compiled`] in the filter's list (for per-thread state).
+    id: usize,
+}
+
+/// Named groups of one match: name to text (absent: did not take part).
+pub(crate) type Groups = BTreeMap<String, String>;
+
+impl Compiled {
+    fn new(template: &str, id: usize) -> Result<(Compiled, Pattern), String> {
+        let expanded = python::expand_tags(template)?;
+        let pattern = Pattern::parse(&expanded)?;
+        let exact = if pattern.is_regular() {
+            let text = pattern.emit(Mode::Exact)?;
+            Some(
+                Regex::builder()
+                    .syntax(syntax_config(false))
+                    .configure(meta::Config::new().utf8_empty(false))
+                    .build(&text)
+                    .map_err(|e| regex_reason(&e))?,
+            )
+        } else {
+            None
+        };
+        let relaxed = match (&exact, pattern.lookarounds()) {
+            (None, Some(looks)) => Some(relaxed(&pattern, looks)?),
+            _ => None,
+        };
+        let fancy_text = pattern.emit(Mode::Fancy)?;
+        let fancy = OnceLock::new();
+        if exact.is_none() && relaxed.is_none() {
+            let _ = fancy.set(Some(build_fancy(&fancy_text)?));
+        } else {
+            fancy_regex::Expr::parse_tree(&fancy_text).map_err(|e| format!("{e}"))?;
+        }
+        let names = pattern.group_names();
+        Ok((
+            Compiled {
+                exact,
+                relaxed,
+                fancy,
+                fancy_text,
+                names,
+                id,
+            },
+            pattern,
+        ))
+    }
+
+    /// The fancy-regex form (`None`: it failed to compile on first use,
+    /// which its checked syntax makes all but impossible).
+    fn fancy(&self) -> Option<&fancy_regex::Regex> {
+        self.fancy
+            .get_or_init(|| build_fancy(&self.fancy_text).ok())
+            .as_ref()
+    }
+
+    fn has_group(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+}
+
+fn build_fancy(text: &str) -> Result<fancy_regex::Regex, String> {
+    fancy_regex::RegexBuilder::new(text)
+        .backtrack_limit(1_000_000)
+        .build()
+        .map_err(|e| format!("{e}"))
+}
+
+fn exact_regex(text: &str) -> Result<Regex, String> {
+    Regex::builder()
+        .syntax(syntax_config(false))
+        .configure(meta::Config::new().utf8_empty(false))
+        .build(text)
+        .map_err(|e| regex_reason(&e))
+}
+
+fn relaxed(pattern: &Pattern, looks: Vec<python::Look>) -> Result<Relaxed, String> {
+    let regex = exact_regex(&pattern.emit(Mode::Relaxed)?)?;
+    let mut out = Vec::with_capacity(looks.len());
+    for (n, look) in looks.into_iter().enumerate() {
+        let group = regex
+            .group_info()
+            .to_index(PatternID::ZERO, &python::look_marker(n))
+            .ok_or("internal error: look-around marker missing")?;
+        let body = exact_regex(&look.body)?;
+        out.push((group, look, body));
+    }
+    Ok(Relaxed { regex, looks: out })
+}
+
+/// The text a line is matched as: bytes (ASCII lines) or a string.
+pub(crate) struct Text<'a> {
+    /// The buffer, ending with `\n`.
+    pub(crate) bytes: &'a [u8],
+    /// The same as a string, when the buffer is valid UTF-8.
+    pub(crate) str: &'a str,
+    /// Whether the buffer is pure ASCII (regex-automata may run).
+    pub(crate) ascii: bool,
+}
+
+/// Per-thread search state of the imported jails.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    captures: Vec<Option<(meta::Cache, Captures)>>,
+    /// Per imported jail: the multi-line failure-id cache.
+    mlfid: Vec<HashMap<String, (Instant, Fail)>>,
+    all: Option<meta::Cache>,
+    set: Option<PatternSet>,
+}
+
+/// A failure being assembled (fail2ban's `fail` dict).
+#[derive(Clone, Debug, Default)]
+struct Fail {
+    groups: Groups,
+    users: BTreeSet<String>,
+    pending: bool,
+}
+
+/// What one imported jail decided about one line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// Index in the jail's failregex list (the prefregex entry included).
+    pub(crate) failregex: usize,
+    pub(crate) outcome: Outcome,
+    /// The failure id as fail2ban reports it (address, host name, id).
+    pub(crate) host: Option<String>,
+}
+
+/// One imported jail, compiled.
+#[derive(Debug)]
+pub(crate) struct ImportedJail {
+    prefregex: Option<Compiled>,
+    /// (index in the jail's failregex list, pattern).
+    fail: Vec<(usize, Compiled)>,
+    ignore: Vec<Compiled>,
+    early_ignore: bool,
+    /// Combined-matcher pattern of each failregex.
+    pids: Vec<PatternID>,
+    /// Combined-matcher patterns every candidate line must also match
+    /// (the prefregex's look-aheads, see `Pattern::witnesses`).
+    witnesses: Vec<PatternID>,
+}
+
+/// What [`Imported::new`] compiles for one jail.
+#[derive(Clone, Debug)]
+pub(crate) struct Spec {
+    /// The jail's name (for errors).
+    pub(crate) name: String,
+    /// The prefregex, if any.
+    pub(crate) prefregex: Option<String>,
+    /// The failregexes, each with its index in the jail's list.
+    pub(crate) failregex: Vec<(usize, String)>,
+    /// The ignoreregexes.
+    pub(crate) ignoreregex: Vec<String>,
+}
+
+/// All imported jails and their combined matchers.
+#[derive(Debug)]
+pub(crate) struct Imported {
+    pub(crate) jails: Vec<ImportedJail>,
+    all: Option<Regex>,
+    compiled_count: usize,
+}
+
+impl Imported {
+    /// Compiles the imported jails.
+    pub(crate) fn new(jails: &[Spec]) -> Result<Imported, BuildError> {
+        let mut out = Vec::with_capacity(jails.len());
+        let mut texts: Vec<String> = Vec::new();
+        let mut text_ids: HashMap<String, usize> = HashMap::new();
+        let mut next_id = 0usize;
+        for Spec {
+            name,
+            prefregex,
+            failregex,
+            ignoreregex,
+        } in jails
+        {
+            let err = |kind, index, reason: String| BuildError {
+                jail: Some(name.clone()),
+                kind,
+                index,
+                reason,
+            };
+            let pref = match prefregex {
+                Some(p) => {
+                    let (c, _) = Compiled::new(p, next_id).map_err(|r| {
+                        err(PatternKind::Failregex, Some(0), format!("prefregex: {r}"))
+                    })?;
+                    next_id += 1;
+                    Some(c)
+                }
+                None => None,
+            };
+            // The superset texts: prefregex prefix + failregex, when the
+            // content runs to the end of the line; else the failregex
+            // alone (no content) or the prefregex alone.
+            let composed_prefix = prefregex.as_deref().and_then(composable_prefix);
+            let mut witness_pids = Vec::new();
+            if let Some(p) = prefregex {
+                let part = python::split_content(p).map_or(p.as_str(), |(pre, _, _)| pre);
+                let texts_w = python::expand_tags(part)
+                    .and_then(|e| Pattern::parse(&e))
+                    .map(|p| p.witnesses())
+                    .unwrap_or_default();
+                for text in texts_w {
+                    let id = *text_ids.entry(text.clone()).or_insert_with(|| {
+                        texts.push(text);
+                        texts.len() - 1
+                    });
+                    witness_pids.push(PatternID::new(id).map_err(|_| {
+                        err(PatternKind::Failregex, None, "too many patterns".into())
+                    })?);
+                }
+            }
+            let pref_alone = match prefregex {
+                Some(p) if composed_prefix.is_none() && python::split_content(p).is_some() => {
+                    let pat = python::expand_tags(p)
+                        .and_then(|e| Pattern::parse(&e))
+                        .and_then(|p| p.emit(Mode::Dfa { in_content: false }))
+                        .map_err(|r| {
+                            err(PatternKind::Failregex, Some(0), format!("prefregex: {r}"))
+                        })?;
+                    Some(pat)
+                }
+                _ => None,
+            };
+            let mut fail = Vec::with_capacity(failregex.len());
+            let mut pids = Vec::with_capacity(failregex.len());
+            for (index, template) in failregex {
+                let (c, pattern) = Compiled::new(template, next_id)
+                    .map_err(|r| err(PatternKind::Failregex, Some(*index), r))?;
+                next_id += 1;
+                let has_id = FAILURE_ID_GROUPS
+                    .iter()
+                    .any(|g| c.has_group(g) || pref.as_ref().is_some_and(|p| p.has_group(g)));
+                if !has_id {
+                    return Err(err(
+                        PatternKind::Failregex,
+                        Some(*index),
+                        "no failure-id group (<HOST>, <ADDR>, <IP4>, <IP6>, <F-ID>...) in it or the prefregex".into(),
+                    ));
+                }
+                let text = match (&composed_prefix, &pref_alone) {
+                    (Some(prefix), _) => {
+                        let body = pattern
+                            .emit(Mode::Dfa { in_content: true })
+                            .map_err(|r| err(PatternKind::Failregex, Some(*index), r))?;
+                        let lead = if pattern.starts_anchored() {
+                            ""
+                        } else {
+                            "[^\n]*?"
+                        };
+                        format!("{prefix}{lead}(?:{body})")
+                    }
+                    (None, Some(alone)) => alone.clone(),
+                    (None, None) => pattern
+                        .emit(Mode::Dfa { in_content: false })
+                        .map_err(|r| err(PatternKind::Failregex, Some(*index), r))?,
+                };
+                let id = *text_ids.entry(text.clone()).or_insert_with(|| {
+                    texts.push(text);
+                    texts.len() - 1
+                });
+                pids.push(
+                    PatternID::new(id).map_err(|_| {
+                        err(PatternKind::Failregex, None, "too many patterns".into())
+                    })?,
+                );
+                fail.push((*index, c));
+            }
+            let mut ignore = Vec::with_capacity(ignoreregex.len());
+            for (i, template) in ignoreregex.iter().enumerate() {
+                let (c, _) = Compiled::new(template, next_id)
+                    .map_err(|r| err(PatternKind::Ignoreregex, Some(i), r))?;
+                next_id += 1;
+                ignore.push(c);
+            }
+            let early_ignore = !ignore.is_empty() && ignore.len() + 2 < fail.len();
+            out.push(ImportedJail {
+                prefregex: pref,
+                fail,
+                ignore,
+                early_ignore,
+                pids,
+                witnesses: witness_pids,
+            });
+        }
+        let whole = |e: meta::BuildError| BuildError {
+            jail: None,
+            kind: PatternKind::Failregex,
+            index: None,
+            reason: format!("combined matcher (fail2ban filters): {}", regex_reason(&e)),
+        };
+        let all = if texts.is_empty() {
+            None
+        } else {
+            Some(
+                Regex::builder()
+                    .syntax(syntax_config(false))
+                    .configure(combined_config(MatchKind::All))
+                    .build_many(&texts)
+                    .map_err(whole)?,
+            )
+        };
+        Ok(Imported {
+            jails: out,
+            all,
+            compiled_count: next_id,
+        })
+    }
+
+    /// Whether no jail carries state from line to line (`<F-MLFID>`).
+    pub(crate) fn is_stateless(&self) -> bool {
+        self.jails.iter().all(|j| {
+            !j.prefregex.as_ref().is_some_and(|p| p.has_group("mlfid"))
+                && !j.fail.iter().any(|(_, c)| c.has_group("mlfid"))
+        })
+    }
+
+    /// Fresh per-thread state.
+    pub(crate) fn state(&self) -> State {
+        State {
+            captures: (0..self.compiled_count).map(|_| None).collect(),
+            mlfid: (0..self.jails.len()).map(|_| HashMap::new()).collect(),
+            all: self.all.as_ref().map(Regex::create_cache),
+            set: self.all.as_ref().map(|a| PatternSet::new(a.pattern_len())),
+        }
+    }
+
+    /// Runs the combined matcher on an ASCII buffer. `false`: no imported
+    /// failregex can match; otherwise the candidates are in the state.
+    pub(crate) fn prefilter(&self, state: &mut State, text: &Text<'_>) -> bool {
+        let (Some(all), Some(ac), Some(set)) = (&self.all, state.all.as_mut(), state.set.as_mut())
+        else {
+            return false;
+        };
+        // One pass: the overlapping search stops as early as a plain
+        // one on lines nothing can match, and candidates need no second.
+        let input = Input::new(text.bytes);
+        set.clear();
+        all.which_overlapping_matches_with(ac, &input, set);
+        !set.is_empty()
+    }
+
+    /// fail2ban's `findFailure` for imported jail `j` on `text`.
+    /// `use_candidates`: only failregexes the prefilter reported can match
+    /// (ASCII lines); otherwise all are tried.
+    pub(crate) fn eval(
+        &self,
+        j: usize,
+        state: &mut State,
+        text: &Text<'_>,
+        use_candidates: bool,
+    ) -> Option<Found> {
+        let jail = self.jails.get(j)?;
+        if use_candidates {
+            let set = state.set.as_ref()?;
+            if !jail.pids.iter().any(|p| set.contains(*p))
+                || !jail.witnesses.iter().all(|p| set.contains(*p))
+            {
+                return None;
+            }
+        }
+        if jail.early_ignore && jail.ignore.iter().any(|c| is_match(c, state, text)) {
+            return None;
+        }
+        let mut pre = Groups::new();
+        let mut content_buf = String::new();
+        let mut content_text: Option<Text<'_>> = None;
+        if let Some(p) = &jail.prefregex {
+            pre = captures(p, state, text)?;
+            if let Some(content) = pre.remove("content").filter(|c| !c.is_empty()) {
+                content_buf = content;
+                content_buf.push('\n');
+            }
+        }
+        if !content_buf.is_empty() {
+            content_text = Some(Text {
+                bytes: content_buf.as_bytes(),
+                str: &content_buf,
+                ascii: text.ascii,
+            });
+        }
+        let buf = content_text.as_ref().unwrap_or(text);
+        for (k, (index, c)) in jail.fail.iter().enumerate() {
+            if use_candidates {
+                let listed = jail
+                    .pids
+                    .get(k)
+                    .zip(state.set.as_ref())
+                    .is_some_and(|(p, set)| set.contains(*p));
+                if !listed {
+                    continue;
+                }
+            }
+            let Some(groups) = captures(c, state, buf) else {
+                continue;
+            };
+            if jail.ignore.iter().any(|c| is_match(c, state, buf)) {
+                return Some(Found {
+                    failregex: *index,
+                    outcome: Outcome::Ignored,
+                    host: None,
+                });
+            }
+            let mut fail = Fail {
+                groups: pre.clone(),
+                ..Fail::default()
+            };
+            fail.groups.extend(groups);
+            let mlfid = fail.groups.get("mlfid").cloned();
+            let fail = match &mlfid {
+                Some(id) => {
+                    let cache = state.mlfid.get_mut(j)?;
+                    let merged = merge(cache, id, fail);
+                    if truthy(&merged.groups, "nofail").is_some() {
+                        return None;
+                    }
+                    merged
+                }
+                None => {
+                    if truthy(&fail.groups, "nofail").is_some() {
+                        return None;
+                    }
+                    fail
+                }
+            };
+            let g = &fail.groups;
+            let fid = g.get("fid");
+            let (ip, address) = if let Some(ip) = g.get("ip4").or_else(|| g.get("ip6")) {
+                (Some(ip.clone()), ip.parse::<IpAddr>().ok())
+            } else if let Some(dns) = g.get("dns") {
+                (Some(dns.clone()), None)
+            } else {
+                (fid.cloned(), fid.and_then(|f| f.parse::<IpAddr>().ok()))
+            };
+            let Some(ip) = ip else {
+                // An mlfid line without an address yet: pending.
+                if let (Some(id), Some(cache)) = (&mlfid, state.mlfid.get_mut(j)) {
+                    if let Some((_, cached)) = cache.get_mut(id) {
+                        cached.pending = true;
+                    }
+                }
+                return None;
+            };
+            let host = match g.get("host") {
+                Some(h) => h.clone(),
+                None => match fid {
+                    Some(f) if *f != ip => f.clone(),
+                    _ => ip.clone(),
+                },
+            };
+            let address = address.map(|a| match a {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+                v4 => v4,
+            });
+            return Some(Found {
+                failregex: *index,
+                outcome: address.map_or(Outcome::NotAnAddress, Outcome::Failure),
+                host: Some(host),
+            });
+        }
+        None
+    }
+}
+
+/// The prefregex text before its content group, as a DFA superset,
+/// when the content group runs to the end of the line (what follows it is
+/// `$`): a failregex can then be written right after it.
+fn composable_prefix(prefregex: &str) -> Option<String> {
+    let (pre, body, post) = python::split_content(prefregex)?;
+    if post.trim() != "$" || body.contains("<F-") {
+        return None;
+    }
+    let expanded = python::expand_tags(pre).ok()?;
+    let pattern = Pattern::parse(&expanded).ok()?;
+    pattern.emit(Mode::Dfa { in_content: false }).ok()
+}
+
+fn is_match(c: &Compiled, state: &mut State, text: &Text<'_>) -> bool {
+    if text.ascii {
+        if let Some(exact) = &c.exact {
+            return exact.is_match(Input::new(text.bytes));
+        }
+        if c.relaxed.is_some() {
+            return raw_captures(c, state, text).is_some();
+        }
+    }
+    c.fancy()
+        .is_some_and(|f| f.is_match(text.str).unwrap_or(false))
+}
+
+/// Whether every look-around the relaxed match went through holds.
+fn looks_hold(r: &Relaxed, caps: &Captures, hay: &[u8]) -> bool {
+    r.looks.iter().all(|(group, look, body)| {
+        let Some(span) = caps.get_group(*group) else {
+            return true;
+        };
+        let pos = span.start;
+        let found = match look.behind {
+            None => body.is_match(Input::new(hay).range(pos..).anchored(Anchored::Yes)),
+            Some(w) => {
+                pos >= w
+                    && body.is_match(Input::new(hay).range(pos - w..pos).anchored(Anchored::Yes))
+            }
+        };
+        found != look.negative
+    })
+}
+
+/// Searches `c` in `text`; the named groups that took part, with
+/// fail2ban's alternative names folded in (`alt_user`, `alt_user_2`, ...
+/// give `user` when it has no value).
+fn captures(c: &Compiled, state: &mut State, text: &Text<'_>) -> Option<Groups> {
+    let mut out = raw_captures(c, state, text)?;
+    let alts: Vec<(String, String)> = out
+        .iter()
+        .filter_map(|(k, v)| {
+            let base = k.strip_prefix("alt_")?;
+            let base = base.trim_end_matches(|c: char| c.is_ascii_digit());
+            let base = base.strip_suffix('_').unwrap_or(base);
+            let base = match base {
+                "id" => "fid",
+                "port" => "fport",
+                other => other,
+            };
+            Some((base.to_string(), v.clone()))
+        })
+        .collect();
+    for (base, v) in alts {
+        if !v.is_empty() && out.get(&base).map_or(true, String::is_empty) {
+            out.insert(base, v);
+        }
+    }
+    Some(out)
+}
+
+fn raw_captures(c: &Compiled, state: &mut State, text: &Text<'_>) -> Option<Groups> {
+    let mut out = Groups::new();
+    if text.ascii {
+        if let Some(exact) = &c.exact {
+            let slot = state.captures.get_mut(c.id)?;
+            let (cache, caps) =
+                slot.get_or_insert_with(|| (exact.create_cache(), exact.create_captures()));
+            exact.search_captures_with(cache, &Input::new(text.bytes), caps);
+            if !caps.is_match() {
+                return None;
+            }
+            for name in &c.names {
+                if let Some(span) = caps.get_group_by_name(name) {
+                    if let Some(s) = text.str.get(span.range()) {
+                        out.insert(name.clone(), s.to_string());
+                    }
+                }
+            }
+            return Some(out);
+        }
+        if let Some(r) = &c.relaxed {
+            let slot = state.captures.get_mut(c.id)?;
+            let (cache, caps) =
+                slot.get_or_insert_with(|| (r.regex.create_cache(), r.regex.create_captures()));
+            r.regex
+                .search_captures_with(cache, &Input::new(text.bytes), caps);
+            if !caps.is_match() {
+                return None;
+            }
+            if looks_hold(r, caps, text.bytes) {
+                for name in &c.names {
+                    if let Some(span) = caps.get_group_by_name(name) {
+                        if let Some(s) = text.str.get(span.range()) {
+                            out.insert(name.clone(), s.to_string());
+                        }
+                    }
+                }
+                return Some(out);
+            }
+        }
+    }
+    let caps = c.fancy()?.captures(text.str).ok()??;
+    for name in &c.names {
+        if let Some(m) = caps.name(name) {
+            out.insert(name.clone(), m.as_str().to_string());
+        }
+    }
+    Some(out)
+}
+
+/// A group's text when Python would find it true (present, not empty).
+fn truthy<'a>(g: &'a Groups, key: &str) -> Option<&'a str> {
+    g.get(key).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+/// fail2ban's `_mergeFailure`: merges `fail` into the cached failure of
+/// connection `id` and returns the result (`nofail` in its groups when
+/// it is not a failure).
+fn merge(cache: &mut HashMap<String, (Instant, Fail)>, id: &str, mut fail: Fail) -> Fail {
+    const NOFAIL: u8 = 1;
+    const FORGET: u8 = 2;
+    const PREV: u8 = 4;
+    const GAINED: u8 = 8;
+    let now = Instant::now();
+    cache.retain(|_, (t, _)| now.duration_since(*t) < MLFID_TTL);
+    let mut flags = 0u8;
+    if let Some(gained) = truthy(&fail.groups, "mlfgained").map(str::to_string) {
+        flags |= GAINED | NOFAIL;
+        if truthy(&fail.groups, "nofail").is_none() {
+            fail.groups.insert("nofail".into(), gained);
+        }
+    } else if truthy(&fail.groups, "nofail").is_some() {
+        flags |= NOFAIL;
+    }
+    if fail
+        .groups
+        .remove("mlfforget")
+        .is_some_and(|v| !v.is_empty())
+    {
+        flags |= FORGET;
+    }
+    let user = truthy(&fail.groups, "user").map(str::to_string);
+    let (mut merged, users_len) = if let Some((_, cached)) = cache.get_mut(id) {
+        if let Some(u) = &user {
+            cached.users.insert(u.clone());
+        }
+        let users_len = cached.users.len();
+        if cached
+            .groups
+            .remove("nofail")
+            .is_some_and(|v| !v.is_empty())
+        {
+            flags |= PREV;
+        }
+        if cached
+            .groups
+            .remove("mlfgained")
+            .is_some_and(|v| !v.is_empty())
+        {
+            flags |= PREV;
+        }
+        if flags & GAINED != 0 {
+            cached.pending = false;
+        }
+        for (k, v) in &fail.groups {
+            cached.groups.insert(k.clone(), v.clone());
+        }
+        let merged = cached.clone();
+        if flags & FORGET != 0 {
+            cache.remove(id);
+        }
+        (merged, users_len)
+    } else if flags & FORGET == 0 {
+        if let Some(u) = &user {
+            fail.users.insert(u.clone());
+        }
+        let users_len = fail.users.len();
+        if cache.len() >= MLFID_MAX {
+            if let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(id.to_string(), (now, fail.clone()));
+        (fail, users_len)
+    } else {
+        (fail, 0)
+    };
+    if merged.pending || users_len > 1 {
+        merged.pending = false;
+        merged.groups.remove("nofail");
+        merged.groups.remove("mlfgained");
+        if let Some((_, cached)) = cache.get_mut(id) {
+            cached.pending = false;
+            cached.groups.remove("nofail");
+            cached.groups.remove("mlfgained");
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> String {
+        format!("{s}\n")
+    }
+
+    fn run(imp: &Imported, state: &mut State, line: &str) -> Option<Found> {
+        let buf = text(line);
+        let t = Text {
+            bytes: buf.as_bytes(),
+            str: &buf,
+            ascii: buf.is_ascii(),
+        };
+        let cand = t.ascii && imp.prefilter(state, &t);
+        if t.ascii && !cand {
+            return None;
+        }
+        imp.eval(0, state, &t, t.ascii)
+    }
+
+    #[test]
+    fn prefregex_content_and_lookahead() {
+        let imp = Imported::new(&[Spec {
+            name: "postfix".into(),
+            prefregex: Some(r"^\S+ \S+: (?:warning:) <F-CONTENT>.+</F-CONTENT>$".into()),
+            failregex: vec![(1, r"^[^[]*\[<HOST>\](?::\d+)?: SASL ((?i)LOGIN|PLAIN) authentication failed:(?! Connection lost)".into())],
+            ignoreregex: vec![],
+        }])
+        .unwrap();
+        let mut st = imp.state();
+        let f = run(&imp, &mut st, "mail postfix/smtpd[1]: warning: unknown[192.0.2.1]: SASL login authentication failed: x").unwrap();
+        assert_eq!(f.outcome, Outcome::Failure("192.0.2.1".parse().unwrap()));
+        assert_eq!(f.failregex, 1);
+        assert!(run(&imp, &mut st, "mail postfix/smtpd[1]: warning: unknown[192.0.2.1]: SASL PLAIN authentication failed: Connection lost to x").is_none());
+        assert!(run(
+            &imp,
+            &mut st,
+            "mail postfix/smtpd[1]: connect from unknown[192.0.2.1]"
+        )
+        .is_none());
+        // Non-ASCII lines go through fancy-regex.
+        let f = run(
+            &imp,
+            &mut st,
+            "mäil postfix/smtpd[1]: warning: ü[192.0.2.2]: SASL LOGIN authentication failed: é",
+        )
+        .unwrap();
+        assert_eq!(f.outcome, Outcome::Failure("192.0.2.2".parse().unwrap()));
+        let f = run(&imp, &mut st, "mail postfix/smtpd[1]: warning: host[bad.example]: SASL LOGIN authentication failed: x").unwrap();
+        assert_eq!(f.outcome, Outcome::NotAnAddress);
+        assert_eq!(f.host.as_deref(), Some("bad.example"));
+    }
+
+    #[test]
+    fn relaxed_lookarounds_fall_back_when_they_fail() {
+        let imp = Imported::new(&[Spec {
+            name: "x".into(),
+            prefregex: None,
+            failregex: vec![(0, r"^(?:go(?=x)|go(?P<tail>n)e) <HOST>(?<!9)$".into())],
+            ignoreregex: vec![],
+        }])
+        .unwrap();
+        let mut st = imp.state();
+        let f = run(&imp, &mut st, "gone 192.0.2.1").unwrap();
+        assert_eq!(f.outcome, Outcome::Failure("192.0.2.1".parse().unwrap()));
+        assert!(run(&imp, &mut st, "gone 192.0.2.9").is_none());
+        assert!(run(&imp, &mut st, "gox 192.0.2.1").is_none());
+    }
+
+    #[test]
+    fn mlfid_merges_lines_of_one_connection() {
+        let imp = Imported::new(&[Spec {
+            name: "sshd".into(),
+            prefregex: Some(
+                r"^<F-MLFID>\S+ sshd\[\d+\]:</F-MLFID> <F-CONTENT>.+</F-CONTENT>$".into(),
+            ),
+            failregex: vec![
+                (1, r"^<F-NOFAIL>Connection from</F-NOFAIL> <HOST>".into()),
+                (
+                    2,
+                    r"^Disconnecting: Too many authentication failures".into(),
+                ),
+            ],
+            ignoreregex: vec![],
+        }])
+        .unwrap();
+        let mut st = imp.state();
+        assert!(run(
+            &imp,
+            &mut st,
+            "h sshd[7]: Connection from 192.0.2.9 port 22"
+        )
+        .is_none());
+        let f = run(
+            &imp,
+            &mut st,
+            "h sshd[7]: Disconnecting: Too many authentication failures",
+        )
+        .unwrap();
+        assert_eq!(f.outcome, Outcome::Failure("192.0.2.9".parse().unwrap()));
+        // Another connection knows no address: pending, no hit.
+        assert!(run(
+            &imp,
+            &mut st,
+            "h sshd[8]: Disconnecting: Too many authentication failures"
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn refusals() {
+        let e = Imported::new(&[Spec {
+            name: "x".into(),
+            prefregex: None,
+            failregex: vec![(0, "no id here".into())],
+            ignoreregex: vec![],
+        }])
+        .unwrap_err();
+        assert!(e.reason().contains("no failure-id group"), "{e}");
+        let e = Imported::new(&[Spec {
+            name: "x".into(),
+            prefregex: None,
+            failregex: vec![(0, "<HOST> (?x)".into())],
+            ignoreregex: vec![],
+        }])
+        .unwrap_err();
+        assert!(e.reason().contains("flag"), "{e}");
+    }
+}
