@@ -232,6 +232,31 @@ pub struct Jail {
     pub protocol: Protocol,
 }
 
+#[cfg(test)]
+impl Jail {
+    /// A jail for unit tests: every option at fail2ban's default, all
+    /// ports, no regexes; tests override what they exercise with
+    /// `Jail { maxretry: 1, ..Jail::test("x") }`.
+    pub fn test(name: &str) -> Jail {
+        Jail {
+            name: name.into(),
+            journalmatch: JournalMatch { groups: vec![] },
+            failregex: vec![],
+            ignoreregex: vec![],
+            input: FilterInput::Message,
+            maxretry: 5,
+            findtime: Duration::from_secs(600),
+            bantime: Bantime::For(Duration::from_secs(600)),
+            increment: None,
+            ignoreip: vec![],
+            ignoreself: false,
+            ipv6_prefix: None,
+            ports: Ports::All,
+            protocol: Protocol::Tcp,
+        }
+    }
+}
+
 /// A set of jails, as a fixed-size bitset: cheap to copy along with each
 /// journal entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -521,27 +521,18 @@ fn micros(d: std::time::Duration) -> Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jail::{JournalMatch, Ports, Protocol};
     use std::time::Duration;
 
     const S: Micros = 1_000_000;
 
     fn jail(maxretry: u32, findtime: u64, bantime: Bantime, ignoreip: &[&str]) -> Jail {
         Jail {
-            name: "t".into(),
-            journalmatch: JournalMatch { groups: vec![] },
-            failregex: vec![],
-            ignoreregex: vec![],
-            input: Default::default(),
-            increment: None,
             maxretry,
             findtime: Duration::from_secs(findtime),
             bantime,
             ignoreip: ignoreip.iter().map(|s| s.parse().unwrap()).collect(),
             ignoreself: true,
-            ipv6_prefix: None,
-            ports: Ports::All,
-            protocol: Protocol::Tcp,
+            ..Jail::test("t")
         }
     }
 

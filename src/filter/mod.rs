@@ -768,14 +768,12 @@ impl Filter {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
-    use crate::jail::{Bantime, JournalMatch, MatchTerm, Ports, Protocol};
+    use crate::jail::{JournalMatch, MatchTerm};
 
     fn jail(name: &str, failregex: &[&str], ignoreregex: &[&str]) -> Jail {
         Jail {
-            name: name.to_string(),
             journalmatch: JournalMatch {
                 groups: vec![vec![MatchTerm {
                     field: "SYSLOG_IDENTIFIER".into(),
@@ -784,16 +782,7 @@ mod tests {
             },
             failregex: failregex.iter().map(|s| s.to_string()).collect(),
             ignoreregex: ignoreregex.iter().map(|s| s.to_string()).collect(),
-            input: Default::default(),
-            increment: None,
-            ignoreself: false,
-            ipv6_prefix: None,
-            maxretry: 3,
-            findtime: Duration::from_secs(600),
-            bantime: Bantime::For(Duration::from_secs(3600)),
-            ignoreip: Vec::new(),
-            ports: Ports::All,
-            protocol: Protocol::Tcp,
+            ..Jail::test(name)
         }
     }
 

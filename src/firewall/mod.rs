@@ -1219,7 +1219,7 @@ mod tests {
     //! on a thread of their own and never touch the host's firewall.
 
     use super::*;
-    use crate::jail::{Bantime, JournalMatch, PortRange, Protocol};
+    use crate::jail::{PortRange, Protocol};
     use nix::sched::{unshare, CloneFlags};
     use std::net::{Ipv4Addr, TcpListener, UdpSocket};
     use std::os::fd::AsRawFd;
@@ -1230,20 +1230,10 @@ mod tests {
 
     fn jail(name: &str, ports: Ports, protocol: Protocol) -> Jail {
         Jail {
-            name: name.into(),
-            journalmatch: JournalMatch { groups: vec![] },
-            failregex: vec![],
-            ignoreregex: vec![],
-            input: Default::default(),
-            increment: None,
-            ignoreself: false,
-            ipv6_prefix: None,
             maxretry: 3,
-            findtime: Duration::from_secs(600),
-            bantime: Bantime::For(Duration::from_secs(600)),
-            ignoreip: vec![],
             ports,
             protocol,
+            ..Jail::test(name)
         }
     }
 

@@ -505,25 +505,14 @@ fn reject(buf: &mut MsgBuf, kind: Reject) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jail::{Bantime, JournalMatch, PortRange};
-    use std::time::Duration;
+    use crate::jail::PortRange;
 
     fn jail(name: &str, ports: Ports, protocol: Protocol) -> Jail {
         Jail {
-            name: name.into(),
-            journalmatch: JournalMatch { groups: vec![] },
-            failregex: vec![],
-            ignoreregex: vec![],
-            input: Default::default(),
-            increment: None,
-            ignoreself: false,
-            ipv6_prefix: None,
             maxretry: 3,
-            findtime: Duration::from_secs(600),
-            bantime: Bantime::For(Duration::from_secs(600)),
-            ignoreip: vec![],
             ports,
             protocol,
+            ..Jail::test(name)
         }
     }
 
