@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use super::{element, now_micros, Daemon, Mode, Pipeline};
 use crate::control::{Peer, Request, Response};
 use crate::jail::JailId;
-use crate::log;
 use crate::net::IpNet;
 
 impl Daemon {
@@ -202,8 +201,7 @@ impl Daemon {
             let name = p.jail_name(id).to_string();
             for net in known {
                 p.tracker.forget_prefix_ban(id, net);
-                self.counters.unbans += 1;
-                tracing::warn!(message_id = log::UNBAN, jail = name.as_str(), ip = %net, "[{name}] Unban {net}");
+                self.log_unban(&name, &net, "");
                 unbanned.push(json!({ "jail": name, "ip": net.to_string() }));
             }
         }
@@ -233,8 +231,7 @@ impl Daemon {
             let name = p.jail_name(id).to_string();
             for ip in known {
                 p.tracker.forget_ban(id, ip);
-                self.counters.unbans += 1;
-                tracing::warn!(message_id = log::UNBAN, jail = name.as_str(), ip = %ip, "[{name}] Unban {ip}");
+                self.log_unban(&name, &ip, "");
                 unbanned.push(json!({ "jail": name, "ip": ip.to_string() }));
             }
         }

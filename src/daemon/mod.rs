@@ -728,8 +728,7 @@ impl Daemon {
                     let name = p.jail_name(jail).to_string();
                     for ip in ips {
                         if p.tracker.forget_ban(jail, ip) {
-                            self.counters.unbans += 1;
-                            tracing::warn!(message_id = log::UNBAN, jail = name.as_str(), ip = %ip, "[{name}] Unban {ip} (removed from the set by hand)");
+                            self.log_unban(&name, &ip, " (removed from the set by hand)");
                         }
                     }
                     self.dirty = true;
@@ -738,8 +737,7 @@ impl Daemon {
                     let name = p.jail_name(jail).to_string();
                     for net in nets {
                         if p.tracker.forget_prefix_ban(jail, net) {
-                            self.counters.unbans += 1;
-                            tracing::warn!(message_id = log::UNBAN, jail = name.as_str(), ip = %net, "[{name}] Unban {net} (removed from the set by hand)");
+                            self.log_unban(&name, &net, " (removed from the set by hand)");
                         }
                     }
                     self.dirty = true;
@@ -762,6 +760,11 @@ impl Daemon {
             );
         }
         Ok(())
+    }
+
+    fn log_unban(&mut self, jail: &str, what: &dyn std::fmt::Display, how: &str) {
+        self.counters.unbans += 1;
+        tracing::warn!(message_id = log::UNBAN, jail, ip = %what, "[{jail}] Unban {what}{how}");
     }
 
     /// Applies the prefix bans the tracker decided.
