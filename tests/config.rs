@@ -258,3 +258,51 @@ fn conf_d_drop_ins_merge_in_name_order_and_errors_name_the_drop_in() {
         "{stderr}"
     );
 }
+
+#[test]
+fn banjo_check_reads_journal_files_with_a_fail2ban_filter() {
+    if !crate::util::root_or_skip("banjo_check_reads_journal_files_with_a_fail2ban_filter") {
+        return;
+    }
+    use crate::util::{now_micros, Entry, JournalDir};
+    let journal = JournalDir::new();
+    let t = now_micros();
+    let mut entries = vec![
+        Entry::smtpd(t, "lost connection after AUTH from unknown[192.0.2.1]"),
+        Entry::smtpd(t + 1, "connect from unknown[192.0.2.1]"),
+        Entry::smtpd(
+            t + 2,
+            "lost connection after AUTH from unknown[2001:db8::2]",
+        ),
+    ];
+    let mut other = Entry::smtpd(t + 3, "lost connection after AUTH from unknown[192.0.2.9]");
+    other.unit = "other.service".into();
+    entries.push(other);
+    journal.write_file("a", &entries);
+    let out = Command::new(banjo_bin())
+        .args(["check", "--filter"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/conformance/tutorial/filter.d/postfix-flood-attack.conf"
+        ))
+        .args(["--journal", "--journal-dir"])
+        .arg(journal.path())
+        .args(["--json", "_SYSTEMD_UNIT=postfix@-.service"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("summary").is_some())
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert_eq!(summary["summary"]["lines"], 3, "{stdout}");
+    assert_eq!(summary["summary"]["matched"], 2, "{stdout}");
+    assert!(stdout.contains("\"host\":\"2001:db8::2\""), "{stdout}");
+    assert!(!stdout.contains("192.0.2.9"), "{stdout}");
+}
