@@ -3,12 +3,16 @@
 # and elements removed/re-added during the restart (there must be none).
 # Root; everything happens in a private network namespace.
 #   sh benches/restart.sh [BANS]        (default 100000; needs a release build)
+# BANJO=PATH uses that binary and skips the build (benches/run.sh does so);
+# otherwise it builds into ${CARGO_TARGET_DIR:-target}.
 set -eu
 N=${1:-100000}
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root"; exit 1; }
-cargo build --release --locked -q
-BANJO=$PWD/target/release/banjo
+if [ -z "${BANJO:-}" ]; then
+    cargo build --release --locked -q
+    BANJO=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/banjo
+fi
 NS=banjo-bench-$$
 DIR=$(mktemp -d)
 cleanup() {
