@@ -203,12 +203,7 @@ impl State {
     /// Saves `snapshot` atomically.
     pub fn save(&self, snapshot: &Snapshot) -> Result<(), Error> {
         let path = self.path();
-        let bytes = serde_json::to_vec(snapshot).map_err(|e| Error {
-            path: path.clone(),
-            what: "encoding",
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&path, &bytes).map_err(|source| Error {
+        write_atomic(&path, snapshot).map_err(|source| Error {
             path,
             what: "writing",
             source,
@@ -216,12 +211,16 @@ impl State {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Streams `value` as JSON into a temporary file (no in-memory copy of
+/// what can be megabytes with 100,000 bans), fsyncs it and renames it
+/// over `path`.
+fn write_atomic(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, File::create(&tmp)?);
+        serde_json::to_writer(&mut out, value).map_err(std::io::Error::other)?;
+        out.flush()?;
+        out.get_ref().sync_all()?;
     }
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {

@@ -411,6 +411,11 @@ impl Tracker {
         self.banned.get(&(jail, ip.to_canonical())).copied()
     }
 
+    /// How many bans (addresses and prefixes) are active.
+    pub fn active_ban_count(&self) -> usize {
+        self.banned.len() + self.prefix_banned.len()
+    }
+
     /// Every active ban (for the state file and reconciliation).
     pub fn active_bans(&self) -> impl Iterator<Item = (JailId, IpAddr, ActiveBan)> + '_ {
         self.banned.iter().map(|((j, ip), b)| (*j, *ip, *b))

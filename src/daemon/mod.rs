@@ -85,6 +85,14 @@ const WARM_POLL: Duration = Duration::from_millis(10);
 /// How soon after a ban the state file (bans, history, position) is
 /// saved: batches several wakeups' bans into one write under a flood.
 const SAVE_EVERY: Duration = Duration::from_millis(100);
+
+/// The save period for the current number of bans: a file of 100,000
+/// bans (some 18 MB) is written at most once a second, not ten times.
+fn save_every(tracker: &Tracker) -> Duration {
+    SAVE_EVERY.max(Duration::from_micros(
+        10 * tracker.active_ban_count() as u64,
+    ))
+}
 /// How often stale failures are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
@@ -643,7 +651,7 @@ impl Daemon {
         self.flush(p)?;
         let now = Instant::now();
         if self.dirty {
-            if now.duration_since(self.last_saved) >= SAVE_EVERY {
+            if now.duration_since(self.last_saved) >= save_every(&p.tracker) {
                 self.save(p)?;
             }
         } else if self.position_dirty {
