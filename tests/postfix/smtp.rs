@@ -94,10 +94,10 @@ impl Session {
     pub fn open(ns: &Netns, source: IpAddr, dest: SocketAddr) -> Result<Session, Errno> {
         let stream = dial(ns, source, dest)?;
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
         stream
-            .set_write_timeout(Some(Duration::from_secs(10)))
+            .set_write_timeout(Some(Duration::from_secs(30)))
             .expect("write timeout");
         let reader = BufReader::new(stream.try_clone().expect("clone stream"));
         let mut s = Session {
