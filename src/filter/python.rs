@@ -358,27 +358,12 @@ impl Pattern {
 
     /// The names of the capture groups, in order.
     pub(crate) fn group_names(&self) -> Vec<String> {
-        fn walk(n: &Node, out: &mut Vec<String>) {
-            match n {
-                Node::Group(k, inner) => {
-                    if let GroupKind::Capture(Some(name), _) = k {
-                        out.push(name.clone());
-                    }
-                    walk(inner, out);
-                }
-                Node::Cond { yes, no, .. } => {
-                    walk(yes, out);
-                    if let Some(no) = no {
-                        walk(no, out);
-                    }
-                }
-                Node::Repeat { node, .. } => walk(node, out),
-                Node::Concat(v) | Node::Alt(v) => v.iter().for_each(|n| walk(n, out)),
-                _ => {}
-            }
-        }
         let mut out = Vec::new();
-        walk(&self.root, &mut out);
+        for_each_capture(&self.root, &mut |name, _| {
+            if let Some(name) = name {
+                out.push(name.clone());
+            }
+        });
         out
     }
 
@@ -1085,21 +1070,29 @@ fn synthetic(n: u32) -> String {
 }
 
 fn numbered(n: &Node, out: &mut Vec<(u32, String)>) {
+    for_each_capture(n, &mut |name, number| {
+        out.push((number, name.cloned().unwrap_or_else(|| synthetic(number))));
+    });
+}
+
+/// Calls `f` with the name (if any) and number of every capture group of
+/// `n`, in pattern order.
+fn for_each_capture(n: &Node, f: &mut dyn FnMut(Option<&String>, u32)) {
     match n {
         Node::Group(k, inner) => {
             if let GroupKind::Capture(name, number) = k {
-                out.push((*number, name.clone().unwrap_or_else(|| synthetic(*number))));
+                f(name.as_ref(), *number);
             }
-            numbered(inner, out);
+            for_each_capture(inner, f);
         }
         Node::Cond { yes, no, .. } => {
-            numbered(yes, out);
+            for_each_capture(yes, f);
             if let Some(no) = no {
-                numbered(no, out);
+                for_each_capture(no, f);
             }
         }
-        Node::Repeat { node, .. } => numbered(node, out),
-        Node::Concat(v) | Node::Alt(v) => v.iter().for_each(|n| numbered(n, out)),
+        Node::Repeat { node, .. } => for_each_capture(node, f),
+        Node::Concat(v) | Node::Alt(v) => v.iter().for_each(|n| for_each_capture(n, f)),
         _ => {}
     }
 }
