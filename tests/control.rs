@@ -72,11 +72,13 @@ fn status_ban_unban_stats_through_the_socket() {
     if !root_or_skip("status_ban_unban_stats_through_the_socket") {
         return;
     }
-    let ns = Netns::new();
-    let mut journal = JournalDir::new();
-    let dir = TempDir::new("ctl");
-    let table = unique("t");
-    let config = write_config(dir.path(), journal.path(), &table, JAILS);
+    let Scene {
+        ns,
+        mut journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("ctl", JAILS);
     journal.append(&Entry::smtpd(
         now_micros(),
         "connect from unknown[198.51.100.1]",
@@ -257,11 +259,13 @@ fn reboot_restores_unexpired_bans_with_their_remaining_time() {
     if !root_or_skip("reboot_restores_unexpired_bans_with_their_remaining_time") {
         return;
     }
-    let ns = Netns::new();
-    let journal = JournalDir::new();
-    let dir = TempDir::new("reboot");
-    let table = unique("t");
-    let config = write_config(dir.path(), journal.path(), &table, JAILS);
+    let Scene {
+        ns,
+        journal: _journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("reboot", JAILS);
     let mut banjo = Banjo::start(&ns, &config);
     assert_eq!(cli(&config, &["ban", "mail", "203.0.113.60"]).0, 0);
     assert_eq!(
@@ -305,11 +309,13 @@ fn reload_keeps_the_old_config_on_error_and_applies_a_good_one() {
     if !root_or_skip("reload_keeps_the_old_config_on_error_and_applies_a_good_one") {
         return;
     }
-    let ns = Netns::new();
-    let mut journal = JournalDir::new();
-    let dir = TempDir::new("reload");
-    let table = unique("t");
-    let config = write_config(dir.path(), journal.path(), &table, JAILS);
+    let Scene {
+        ns,
+        mut journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("reload", JAILS);
     let good = std::fs::read_to_string(&config).unwrap();
     journal.append(&Entry::smtpd(
         now_micros(),
@@ -362,11 +368,13 @@ fn a_corrupt_state_file_is_moved_aside_and_banjo_starts() {
     if !root_or_skip("a_corrupt_state_file_is_moved_aside_and_banjo_starts") {
         return;
     }
-    let ns = Netns::new();
-    let journal = JournalDir::new();
-    let dir = TempDir::new("corrupt");
-    let table = unique("t");
-    let config = write_config(dir.path(), journal.path(), &table, JAILS);
+    let Scene {
+        ns,
+        journal: _journal,
+        dir,
+        table: _table,
+        config,
+    } = Scene::new("corrupt", JAILS);
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     std::fs::write(dir.path().join("state/state.json"), b"\0\0garbage{").unwrap();
     let banjo = Banjo::start(&ns, &config);
@@ -383,11 +391,13 @@ fn flushed_ruleset_is_rebuilt_with_its_bans_within_a_second() {
     if !root_or_skip("flushed_ruleset_is_rebuilt_with_its_bans_within_a_second") {
         return;
     }
-    let ns = Netns::new();
-    let journal = JournalDir::new();
-    let dir = TempDir::new("heal");
-    let table = unique("t");
-    let config = write_config(dir.path(), journal.path(), &table, JAILS);
+    let Scene {
+        ns,
+        journal: _journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("heal", JAILS);
     let banjo = Banjo::start(&ns, &config);
     assert_eq!(
         cli(&config, &["ban", "mail", "203.0.113.80", "203.0.113.81"]).0,

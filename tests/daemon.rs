@@ -173,11 +173,13 @@ fn live_follow_bans_within_milliseconds_of_the_write() {
     if !root_or_skip("live_follow_bans_within_milliseconds_of_the_write") {
         return;
     }
-    let ns = Netns::new();
-    let mut journal = JournalDir::new();
-    let dir = TempDir::new("live");
-    let table = unique("t");
-    let config = write_config(dir.path(), journal.path(), &table, LIVE_JAIL);
+    let Scene {
+        ns,
+        mut journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("live", LIVE_JAIL);
     // Start the live file before banjo so the first append is not also
     // the file's creation.
     journal.append(&Entry::smtpd(
@@ -226,11 +228,13 @@ fn sigkill_and_restart_keeps_bans_and_counts_exactly() {
     if !root_or_skip("sigkill_and_restart_keeps_bans_and_counts_exactly") {
         return;
     }
-    let ns = Netns::new();
-    let mut journal = JournalDir::new();
-    let dir = TempDir::new("restart");
-    let table = unique("t");
-    let config = write_config(dir.path(), journal.path(), &table, RESTART_JAIL);
+    let Scene {
+        ns,
+        mut journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("restart", RESTART_JAIL);
     journal.append(&Entry::smtpd(
         now_micros(),
         "connect from unknown[198.51.100.1]",
