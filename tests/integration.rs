@@ -10,6 +10,7 @@
 
 mod util;
 
+mod check;
 mod config;
 mod conformance;
 mod control;

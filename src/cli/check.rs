@@ -11,20 +11,19 @@
 //! 1 MiB, is counted and skipped.
 
 use std::collections::HashMap;
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Config};
 use crate::fail2ban::{self, date::DateDetector, ImportedFilter};
-use crate::filter::{Detail, Filter, Outcome};
+use crate::filter::{Detail, Filter, LinePrefilter, Outcome};
 use crate::jail::{FilterInput, Jail, JailSet, JournalMatch};
 
+use super::blocks::{Block, BlockReader, MAX_LINE};
 use super::{usage, EXIT_CONFIG, EXIT_FAILURE};
 
-/// Lines longer than this are counted and skipped.
-const MAX_LINE: usize = 1 << 20;
 /// Hosts listed in the text report.
 const TOP_HOSTS: usize = 20;
 
@@ -113,6 +112,8 @@ struct Setup {
     offset: usize,
     dates: DateDetector,
     journalmatch: Option<JournalMatch>,
+    /// Finds the lines worth matching in a whole block (files only).
+    prefilter: Option<LinePrefilter>,
 }
 
 /// A valid jail to carry a filter (a configuration gives every field).
@@ -174,6 +175,12 @@ fn setup(o: &Options) -> Result<Setup, String> {
             o.matches.iter().map(String::as_str),
         )?)
     };
+    // `--print-missed` prints every line, so every line is looked at.
+    let prefilter = if o.journal || o.print_missed {
+        None
+    } else {
+        filter.line_prefilter()
+    };
     Ok(Setup {
         filter,
         jail,
@@ -181,6 +188,7 @@ fn setup(o: &Options) -> Result<Setup, String> {
         offset,
         dates,
         journalmatch,
+        prefilter,
     })
 }
 
@@ -282,13 +290,45 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// One line of a log file (`None`: longer than [`MAX_LINE`]).
-    fn file_line(&mut self, n: u64, bytes: Option<&[u8]>, st: &mut Stats, out: &mut Vec<u8>) {
-        let Some(mut bytes) = bytes else {
-            st.read += 1;
-            st.too_long += 1;
+    /// The lines of one block. With a prefilter, a block of pure ASCII
+    /// is searched as a whole and only the lines with a hit are matched:
+    /// the others cannot match and count as missed. fail2ban cuts the
+    /// date out before matching, so the search sees the line with its
+    /// date; a literal that only the cut would join (a date written into
+    /// the middle of `NOQUEUE`) is not found there.
+    fn block(&mut self, b: &Block, st: &mut Stats, out: &mut Vec<u8>) {
+        st.read += b.too_long;
+        st.too_long += b.too_long;
+        let data = &b.data;
+        let Some(pf) = self.s.prefilter.as_ref().filter(|_| data.is_ascii()) else {
+            for (k, line) in b.lines().enumerate() {
+                self.file_line(b.first_line + k as u64, line, st, out);
+            }
             return;
         };
+        let mut n = b.first_line;
+        let mut pos = 0;
+        while let Some(hit) = pf.find(data, pos) {
+            let start = memchr::memrchr(b'\n', &data[pos..hit]).map_or(pos, |p| pos + p + 1);
+            let end = memchr::memchr(b'\n', &data[hit..]).map_or(data.len(), |p| hit + p);
+            let skipped = memchr::memchr_iter(b'\n', &data[pos..start]).count() as u64;
+            st.read += skipped;
+            st.missed += skipped;
+            n += skipped;
+            self.file_line(n, &data[start..end], st, out);
+            n += 1;
+            pos = end + 1;
+            if pos >= data.len() {
+                break;
+            }
+        }
+        let rest = b.first_line + b.lines - n;
+        st.read += rest;
+        st.missed += rest;
+    }
+
+    /// One line of a log file.
+    fn file_line(&mut self, n: u64, mut bytes: &[u8], st: &mut Stats, out: &mut Vec<u8>) {
         if let Some(b) = bytes.strip_suffix(b"\r") {
             bytes = b;
         }
@@ -488,54 +528,6 @@ fn syslog_message(rest: &str) -> &str {
     }
 }
 
-/// Reads lines of at most [`MAX_LINE`] bytes; longer ones are reported
-/// as `None` (and skipped whole) without being held in memory.
-fn next_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Option<Option<()>>> {
-    buf.clear();
-    let mut too_long = false;
-    let mut any = false;
-    loop {
-        let chunk = r.fill_buf()?;
-        if chunk.is_empty() {
-            return Ok(if any {
-                Some((!too_long).then_some(()))
-            } else {
-                None
-            });
-        }
-        any = true;
-        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(p) => (&chunk[..p], Some(p + 1)),
-            None => (chunk, None),
-        };
-        if !too_long {
-            if buf.len() + part.len() > MAX_LINE {
-                too_long = true;
-                buf.clear();
-            } else {
-                buf.extend_from_slice(part);
-            }
-        }
-        let used = done.unwrap_or(chunk.len());
-        r.consume(used);
-        if done.is_some() {
-            return Ok(Some((!too_long).then_some(())));
-        }
-    }
-}
-
-/// Lines read together and handed to one worker.
-struct Block {
-    index: u64,
-    first_line: u64,
-    data: Vec<u8>,
-    /// End of each line in `data`; `None`: the line was too long.
-    ends: Vec<Option<usize>>,
-}
-
-/// Lines per block.
-const BLOCK_LINES: usize = 8192;
-
 fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
     let input = o.input.as_deref().unwrap_or("-");
     let reader: Box<dyn Read + Send> = if input == "-" {
@@ -543,7 +535,7 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
     } else {
         Box::new(std::fs::File::open(input).map_err(|e| format!("{input}: {e}"))?)
     };
-    let mut r = std::io::BufReader::with_capacity(1 << 16, reader);
+    let mut blocks = BlockReader::new(reader);
     let io = |e: std::io::Error| format!("{input}: {e}");
     let threads = std::thread::available_parallelism()
         .map(|n| n.get().min(4))
@@ -553,20 +545,13 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
     if threads < 2 || !s.filter.is_stateless() {
         let mut report = Report::new(s, o);
         let mut worker = Worker::new(s, o);
-        let mut buf = Vec::new();
-        let mut n = 0u64;
-        let mut st = Stats::new(s.regexes.len());
         let mut out = Vec::new();
-        while let Some(line) = next_line(&mut r, &mut buf).map_err(io)? {
-            n += 1;
-            worker.file_line(n, line.map(|()| buf.as_slice()), &mut st, &mut out);
-            if n % 4096 == 0 {
-                let done = std::mem::replace(&mut st, Stats::new(s.regexes.len()));
-                report.add(done, &out).map_err(|e| e.to_string())?;
-                out.clear();
-            }
+        while let Some(block) = blocks.next_block().map_err(io)? {
+            let mut st = Stats::new(s.regexes.len());
+            worker.block(&block, &mut st, &mut out);
+            report.add(st, &out).map_err(|e| e.to_string())?;
+            out.clear();
         }
-        report.add(st, &out).map_err(|e| e.to_string())?;
         return report.finish().map_err(|e| e.to_string());
     }
     let (to_workers, from_reader) = std::sync::mpsc::sync_channel::<Block>(threads * 2);
@@ -588,14 +573,7 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
                     let Ok(block) = block else { return };
                     let mut st = Stats::new(s.regexes.len());
                     let mut out = Vec::new();
-                    let mut start = 0;
-                    for (k, end) in block.ends.iter().enumerate() {
-                        let line = end.map(|e| &block.data[start..e]);
-                        worker.file_line(block.first_line + k as u64, line, &mut st, &mut out);
-                        if let Some(e) = end {
-                            start = *e;
-                        }
-                    }
+                    worker.block(&block, &mut st, &mut out);
                     if to_report.send((block.index, st, out)).is_err() {
                         return;
                     }
@@ -618,52 +596,19 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
             }
             report.finish()
         });
-        let mut buf = Vec::new();
-        let mut n = 0u64;
-        let mut index = 0u64;
-        let mut block = Block {
-            index,
-            first_line: 1,
-            data: Vec::new(),
-            ends: Vec::new(),
-        };
         let mut failed = None;
         loop {
-            let line = match next_line(&mut r, &mut buf) {
-                Ok(l) => l,
+            match blocks.next_block() {
+                Ok(Some(block)) => {
+                    if to_workers.send(block).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
                 Err(e) => {
                     failed = Some(io(e));
-                    None
-                }
-            };
-            let eof = line.is_none();
-            if let Some(line) = line {
-                n += 1;
-                match line {
-                    Some(()) => {
-                        block.data.extend_from_slice(&buf);
-                        block.ends.push(Some(block.data.len()));
-                    }
-                    None => block.ends.push(None),
-                }
-            }
-            if block.ends.len() >= BLOCK_LINES || (eof && !block.ends.is_empty()) {
-                index += 1;
-                let full = std::mem::replace(
-                    &mut block,
-                    Block {
-                        index,
-                        first_line: n + 1,
-                        data: Vec::with_capacity(1 << 20),
-                        ends: Vec::with_capacity(BLOCK_LINES),
-                    },
-                );
-                if to_workers.send(full).is_err() {
                     break;
                 }
-            }
-            if eof {
-                break;
             }
         }
         drop(to_workers);
@@ -846,17 +791,6 @@ mod tests {
             "connect from x"
         );
         assert_eq!(syslog_message(" mail kernel: [ 1.0] x: y"), "[ 1.0] x: y");
-        let mut r = std::io::BufReader::with_capacity(8, &b"short\nx\n"[..]);
-        let mut buf = Vec::new();
-        assert_eq!(next_line(&mut r, &mut buf).unwrap(), Some(Some(())));
-        assert_eq!(buf, b"short");
-        let mut long = vec![b'a'; MAX_LINE + 10];
-        long.extend_from_slice(b"\nok");
-        let mut r = std::io::BufReader::new(&long[..]);
-        assert_eq!(next_line(&mut r, &mut buf).unwrap(), Some(None));
-        assert_eq!(next_line(&mut r, &mut buf).unwrap(), Some(Some(())));
-        assert_eq!(buf, b"ok");
-        assert_eq!(next_line(&mut r, &mut buf).unwrap(), None);
         assert!(parse_time("@100").is_ok_and(|t| t == 100_000_000));
         assert!(parse_time("2024-01-02 03:04").is_ok());
         assert!(parse_time("-1h").is_ok());

@@ -5,6 +5,7 @@
 //! 2 a configuration or usage error; 3 the daemon cannot be reached;
 //! 4 permission denied.
 
+mod blocks;
 mod check;
 mod control;
 mod import;

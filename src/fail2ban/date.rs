@@ -16,6 +16,7 @@
 //! without a regex: it is most of what `banjo check` reads.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 /// A date found in a line.
 #[derive(Clone, Debug, PartialEq)]
@@ -260,10 +261,14 @@ enum Kind {
     Tai64n,
 }
 
-/// One compiled template.
+/// One template. fail2ban's defaults are some fifty regexes with
+/// look-arounds, and most logs only ever need the first (or the
+/// hand-written syslog reader): each is compiled when a line first
+/// needs it, which takes tens of milliseconds off every start.
 #[derive(Debug)]
 struct Template {
-    regex: fancy_regex::Regex,
+    text: String,
+    regex: OnceLock<Option<fancy_regex::Regex>>,
     kind: Kind,
     /// Anchored at the line's start (or end): a match wins at once.
     anchored: bool,
@@ -332,9 +337,9 @@ fn build(pattern: &str) -> Result<Template, String> {
                 r"((?:^|(?P<square>(?<=^\[))|(?P<selinux>(?<=\baudit\()))({value}))(?:(?(<selinux>)(?=:\d+\)))|(?(<square>)(?=\])))(?=\b|\W|$)"
             )
         };
-        let regex = fancy_regex::Regex::new(&text).map_err(|e| e.to_string())?;
         return Ok(Template {
-            regex,
+            text,
+            regex: OnceLock::new(),
             kind: Kind::Epoch { long },
             anchored: start,
             value_group: 1,
@@ -346,9 +351,9 @@ fn build(pattern: &str) -> Result<Template, String> {
         } else {
             r"(?=^|\b|\W)(@[0-9a-f]{24})(?=\b|\W|$)"
         };
-        let regex = fancy_regex::Regex::new(text).map_err(|e| e.to_string())?;
         return Ok(Template {
-            regex,
+            text: text.to_string(),
+            regex: OnceLock::new(),
             kind: Kind::Tai64n,
             anchored: start,
             value_group: 1,
@@ -397,13 +402,32 @@ fn build(pattern: &str) -> Result<Template, String> {
         text.push_str("(?i)");
     }
     let _ = write!(text, "{regex}");
-    let regex = fancy_regex::Regex::new(&text).map_err(|e| format!("{pattern:?}: {e}"))?;
     Ok(Template {
-        regex,
+        text,
+        regex: OnceLock::new(),
         kind: Kind::Fields,
         anchored,
         value_group: 1,
     })
+}
+
+/// [`build`], compiled at once: for a `datepattern` a user wrote, whose
+/// errors belong at load time.
+fn build_checked(pattern: &str) -> Result<Template, String> {
+    let t = build(pattern)?;
+    let regex = fancy_regex::Regex::new(&t.text).map_err(|e| format!("{pattern:?}: {e}"))?;
+    let _ = t.regex.set(Some(regex));
+    Ok(t)
+}
+
+impl Template {
+    /// The compiled regex (`None`: it does not compile, which the tests
+    /// rule out for the built-in templates).
+    fn regex(&self) -> Option<&fancy_regex::Regex> {
+        self.regex
+            .get_or_init(|| fancy_regex::Regex::new(&self.text).ok())
+            .as_ref()
+    }
 }
 
 /// Whether the regex has a capturing group of its own (not `(?`, not
@@ -469,10 +493,10 @@ impl DateDetector {
                         continue;
                     }
                     let inner = d.trim_start_matches("{^LN-BEG}").trim_start_matches('^');
-                    templates.push(build(&line.replace("{DATE}", inner))?);
+                    templates.push(build_checked(&line.replace("{DATE}", inner))?);
                 }
             } else {
-                templates.push(build(line)?);
+                templates.push(build_checked(line)?);
             }
         }
         Ok(DateDetector {
@@ -494,7 +518,7 @@ impl DateDetector {
         }
         let mut best: Option<Found> = None;
         for t in &self.templates {
-            let Ok(Some(caps)) = t.regex.captures(line) else {
+            let Some(Ok(Some(caps))) = t.regex().map(|r| r.captures(line).map_err(drop)) else {
                 continue;
             };
             let Some(found) = stamp(t, &caps) else {
@@ -829,6 +853,15 @@ mod tests {
             Some(0)
         );
         assert_eq!(d.find("nothing here"), None);
+    }
+
+    #[test]
+    fn every_default_template_compiles() {
+        let d = DateDetector::new(None).unwrap();
+        assert!(d.templates.len() > 20, "{} templates", d.templates.len());
+        for t in &d.templates {
+            assert!(t.regex().is_some(), "{:?} does not compile", t.text);
+        }
     }
 
     #[test]

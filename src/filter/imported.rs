@@ -232,6 +232,8 @@ pub(crate) struct Spec {
 pub(crate) struct Imported {
     pub(crate) jails: Vec<ImportedJail>,
     all: Option<Regex>,
+    /// The patterns of `all`.
+    texts: Vec<String>,
     compiled_count: usize,
 }
 
@@ -379,8 +381,31 @@ impl Imported {
         Ok(Imported {
             jails: out,
             all,
+            texts,
             compiled_count: next_id,
         })
+    }
+
+    /// Per jail, what an ASCII line must meet to be a candidate: one of
+    /// its failregexes' combined patterns matches, and so does each of
+    /// its witnesses (see [`Imported::eval`]).
+    pub(crate) fn conditions(&self) -> Vec<Vec<Vec<&str>>> {
+        let text = |p: &PatternID| self.texts.get(p.as_usize()).map(String::as_str);
+        self.jails
+            .iter()
+            .map(|j| {
+                // A pattern left out would make its condition a lie.
+                let mut conditions: Vec<Vec<&str>> = j
+                    .pids
+                    .iter()
+                    .map(text)
+                    .collect::<Option<_>>()
+                    .into_iter()
+                    .collect();
+                conditions.extend(j.witnesses.iter().filter_map(text).map(|t| vec![t]));
+                conditions
+            })
+            .collect()
     }
 
     /// Whether no jail carries state from line to line (`<F-MLFID>`).

@@ -72,7 +72,10 @@
 mod failregex;
 mod host;
 mod imported;
+mod literals;
 mod python;
+
+pub use self::literals::LinePrefilter;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -288,6 +291,8 @@ pub struct Filter {
     imported_ids: Vec<JailId>,
     /// Whether any jail uses banjo's own dialect.
     has_native: bool,
+    /// The distinct failregexes of banjo's own dialect, as compiled.
+    fail_texts: Vec<String>,
 }
 
 /// Per-thread mutable search state for one [`Filter`].
@@ -516,6 +521,7 @@ impl Filter {
             has_native: imported_ids.len() < jails.len(),
             imported,
             imported_ids,
+            fail_texts,
         })
     }
 
@@ -533,6 +539,20 @@ impl Filter {
     /// in any order, on several threads.
     pub fn is_stateless(&self) -> bool {
         self.imported.as_ref().map_or(true, Imported::is_stateless)
+    }
+
+    /// A search for the lines this filter may match, over a whole buffer
+    /// (see [`LinePrefilter`]); `None` when some failregex needs no
+    /// literal worth searching for.
+    pub fn line_prefilter(&self) -> Option<LinePrefilter> {
+        let mut jails = Vec::new();
+        if self.has_native {
+            jails.push(vec![self.fail_texts.iter().map(String::as_str).collect()]);
+        }
+        if let Some(imp) = &self.imported {
+            jails.extend(imp.conditions());
+        }
+        LinePrefilter::new(&jails, &syntax_config(false))
     }
 
     /// Fresh search state for this filter; keep one per thread.
