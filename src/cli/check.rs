@@ -112,8 +112,6 @@ struct Setup {
     offset: usize,
     dates: DateDetector,
     journalmatch: Option<JournalMatch>,
-    /// Finds the lines worth matching in a whole block (files only).
-    prefilter: Option<LinePrefilter>,
 }
 
 /// A valid jail to carry a filter (a configuration gives every field).
@@ -175,12 +173,6 @@ fn setup(o: &Options) -> Result<Setup, String> {
             o.matches.iter().map(String::as_str),
         )?)
     };
-    // `--print-missed` prints every line, so every line is looked at.
-    let prefilter = if o.journal || o.print_missed {
-        None
-    } else {
-        filter.line_prefilter()
-    };
     Ok(Setup {
         filter,
         jail,
@@ -188,7 +180,6 @@ fn setup(o: &Options) -> Result<Setup, String> {
         offset,
         dates,
         journalmatch,
-        prefilter,
     })
 }
 
@@ -296,11 +287,17 @@ impl<'a> Worker<'a> {
     /// date out before matching, so the search sees the line with its
     /// date; a literal that only the cut would join (a date written into
     /// the middle of `NOQUEUE`) is not found there.
-    fn block(&mut self, b: &Block, st: &mut Stats, out: &mut Vec<u8>) {
+    fn block(
+        &mut self,
+        b: &Block,
+        prefilter: Option<&LinePrefilter>,
+        st: &mut Stats,
+        out: &mut Vec<u8>,
+    ) {
         st.read += b.too_long;
         st.too_long += b.too_long;
         let data = &b.data;
-        let Some(pf) = self.s.prefilter.as_ref().filter(|_| data.is_ascii()) else {
+        let Some(pf) = prefilter.filter(|_| data.is_ascii()) else {
             for (k, line) in b.lines().enumerate() {
                 self.file_line(b.first_line + k as u64, line, st, out);
             }
@@ -397,8 +394,11 @@ impl<'a> Worker<'a> {
             _ => String::new(),
         });
         if self.o.json {
-            let obj = serde_json::json!({"line": n, "host": host, "failregex": i});
-            let _ = writeln!(out, "{obj}");
+            // Written by hand: a `json!` object per line costs more than
+            // matching the line. Only the host needs escaping.
+            let _ = write!(out, "{{\"line\":{n},\"host\":");
+            let _ = serde_json::to_writer(&mut *out, &host);
+            let _ = writeln!(out, ",\"failregex\":{i}}}");
         }
         match st.hosts.get_mut(&host) {
             Some(c) => *c += 1,
@@ -537,6 +537,15 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
     };
     let mut blocks = BlockReader::new(reader);
     let io = |e: std::io::Error| format!("{input}: {e}");
+    let mut first = blocks.next_block().map_err(io)?;
+    // `--print-missed` prints every line, so every line is looked at.
+    let prefilter = if o.print_missed {
+        None
+    } else {
+        let sample = first.as_ref().map_or(&[][..], |b| &b.data[..]);
+        s.filter.line_prefilter(sample)
+    };
+    let prefilter = prefilter.as_ref();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get().min(4))
         .unwrap_or(1);
@@ -546,9 +555,13 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
         let mut report = Report::new(s, o);
         let mut worker = Worker::new(s, o);
         let mut out = Vec::new();
-        while let Some(block) = blocks.next_block().map_err(io)? {
+        while let Some(block) = first
+            .take()
+            .map_or_else(|| blocks.next_block(), |b| Ok(Some(b)))
+            .map_err(io)?
+        {
             let mut st = Stats::new(s.regexes.len());
-            worker.block(&block, &mut st, &mut out);
+            worker.block(&block, prefilter, &mut st, &mut out);
             report.add(st, &out).map_err(|e| e.to_string())?;
             out.clear();
         }
@@ -573,7 +586,7 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
                     let Ok(block) = block else { return };
                     let mut st = Stats::new(s.regexes.len());
                     let mut out = Vec::new();
-                    worker.block(&block, &mut st, &mut out);
+                    worker.block(&block, prefilter, &mut st, &mut out);
                     if to_report.send((block.index, st, out)).is_err() {
                         return;
                     }
@@ -598,7 +611,10 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
         });
         let mut failed = None;
         loop {
-            match blocks.next_block() {
+            let next = first
+                .take()
+                .map_or_else(|| blocks.next_block(), |b| Ok(Some(b)));
+            match next {
                 Ok(Some(block)) => {
                     if to_workers.send(block).is_err() {
                         break;

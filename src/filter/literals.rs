@@ -10,10 +10,15 @@
 //! The literals are found in regex-syntax's HIR: a concatenation needs
 //! whatever any of its parts needs (or the literal prefixes of any of its
 //! suffixes), an alternation needs one of its branches' needs, a
-//! repetition at least once needs what its body needs. Each concatenation
-//! keeps its best candidate (longest shortest literal, then fewest).
-//! Being *necessary* is all that matters for correctness: a weak set
-//! only makes the search find more lines to check.
+//! repetition at least once needs what its body needs. Being *necessary*
+//! is all that matters for correctness; which necessary set is searched
+//! decides the speed. Length is a poor guide (`disconnect from ` is in a
+//! quarter of a mail log, ` auth=0/` in a few lines), so candidates are
+//! ranked by how often they occur in a sample of the input itself, then
+//! by length.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex_automata::util::syntax;
@@ -25,6 +30,8 @@ const MAX_LITERALS: usize = 512;
 /// A set whose shortest literal is shorter than this finds nearly every
 /// line: matching each line is cheaper.
 const MIN_LEN: usize = 3;
+/// How much of the sample candidates are counted in.
+const SAMPLE_BYTES: usize = 1 << 16;
 
 /// A search for lines that may match: any line without a hit cannot.
 #[derive(Debug)]
@@ -38,15 +45,24 @@ impl LinePrefilter {
     /// a list of conditions a line must all meet, each a list of
     /// patterns (regex-automata syntax, compiled with `config`) one of
     /// which must match; its literals are those of its most selective
-    /// condition. `None` when some jail has no usable set. The promise
-    /// covers pure-ASCII lines (fail2ban's patterns are compiled as ASCII
-    /// supersets of Unicode ones).
-    pub(crate) fn new(jails: &[Vec<Vec<&str>>], config: &syntax::Config) -> Option<LinePrefilter> {
+    /// condition. `sample`: some of the input, to rank candidates by
+    /// (may be empty). `None` when some jail has no usable set. The
+    /// promise covers pure-ASCII lines (fail2ban's patterns are compiled
+    /// as ASCII supersets of Unicode ones).
+    pub(crate) fn new(
+        jails: &[Vec<Vec<&str>>],
+        config: &syntax::Config,
+        sample: &[u8],
+    ) -> Option<LinePrefilter> {
+        let chooser = Chooser {
+            sample: &sample[..sample.len().min(SAMPLE_BYTES)],
+            counts: RefCell::new(HashMap::new()),
+        };
         let mut literals = Vec::new();
         for conditions in jails {
             let mut best = None;
             for any_of in conditions {
-                keep_better(&mut best, any_of_need(any_of, config));
+                chooser.keep_better(&mut best, chooser.any_of(any_of, config));
             }
             literals.extend(best?.literals);
         }
@@ -86,13 +102,35 @@ impl LinePrefilter {
 #[derive(Clone, Debug)]
 struct Need {
     literals: Vec<Vec<u8>>,
+    /// Occurrences of its literals in the sample.
+    hits: usize,
 }
 
 impl Need {
-    fn from_literals(literals: Vec<Vec<u8>>) -> Option<Need> {
+    fn shortest(&self) -> usize {
+        self.literals.iter().map(Vec::len).min().unwrap_or(0)
+    }
+
+    /// Fewer hits in the sample, then a longer shortest literal, then
+    /// fewer literals.
+    fn better_than(&self, other: &Need) -> bool {
+        let (a, b) = (self.shortest().min(16), other.shortest().min(16));
+        (self.hits, std::cmp::Reverse(a), self.literals.len())
+            < (other.hits, std::cmp::Reverse(b), other.literals.len())
+    }
+}
+
+/// Builds [`Need`]s and ranks them by a sample of the input.
+struct Chooser<'a> {
+    sample: &'a [u8],
+    counts: RefCell<HashMap<Vec<u8>, usize>>,
+}
+
+impl Chooser<'_> {
+    fn need(&self, literals: Vec<Vec<u8>>) -> Option<Need> {
         // A match is searched in a line with its `\n` appended: only the
         // part before a newline is sure to be in the line itself.
-        let literals: Vec<Vec<u8>> = literals
+        let mut literals: Vec<Vec<u8>> = literals
             .into_iter()
             .map(|mut l| {
                 if let Some(p) = l.iter().position(|&b| b == b'\n') {
@@ -101,79 +139,81 @@ impl Need {
                 l
             })
             .collect();
-        let mut literals = literals;
         literals.sort();
         literals.dedup();
-        let need = Need { literals };
-        (need.shortest() > 0 && need.literals.len() <= MAX_LITERALS).then_some(need)
-    }
-
-    fn shortest(&self) -> usize {
-        self.literals.iter().map(Vec::len).min().unwrap_or(0)
-    }
-
-    /// Longer shortest literal first, then fewer literals.
-    fn better_than(&self, other: &Need) -> bool {
-        let (a, b) = (self.shortest().min(16), other.shortest().min(16));
-        a > b || (a == b && self.literals.len() < other.literals.len())
-    }
-}
-
-/// What every match of one of `patterns` contains.
-fn any_of_need(patterns: &[&str], config: &syntax::Config) -> Option<Need> {
-    let mut literals = Vec::new();
-    for p in patterns {
-        let hir = syntax::parse_with(p, config).ok()?;
-        literals.extend(necessary(&hir)?.literals);
-    }
-    Need::from_literals(literals)
-}
-
-fn keep_better(best: &mut Option<Need>, candidate: Option<Need>) {
-    if let Some(c) = candidate {
-        if best.as_ref().map_or(true, |b| c.better_than(b)) {
-            *best = Some(c);
+        if literals.len() > MAX_LITERALS || literals.iter().any(Vec::is_empty) {
+            return None;
         }
+        let hits = literals.iter().map(|l| self.hits(l)).sum();
+        Some(Need { literals, hits })
     }
-}
 
-/// What every match of `hir` contains; `None` when nothing useful is.
-fn necessary(hir: &Hir) -> Option<Need> {
-    let need = match hir.kind() {
-        HirKind::Literal(l) => Need::from_literals(vec![l.0.to_vec()]),
-        HirKind::Capture(c) => necessary(&c.sub),
-        HirKind::Repetition(r) if r.min >= 1 => necessary(&r.sub),
-        HirKind::Alternation(branches) => {
-            let mut literals = Vec::new();
-            for b in branches {
-                literals.extend(necessary(b)?.literals);
+    fn hits(&self, literal: &[u8]) -> usize {
+        if let Some(n) = self.counts.borrow().get(literal) {
+            return *n;
+        }
+        let n = memchr::memmem::find_iter(self.sample, literal).count();
+        self.counts.borrow_mut().insert(literal.to_vec(), n);
+        n
+    }
+
+    fn keep_better(&self, best: &mut Option<Need>, candidate: Option<Need>) {
+        if let Some(c) = candidate {
+            if best.as_ref().map_or(true, |b| c.better_than(b)) {
+                *best = Some(c);
             }
-            Need::from_literals(literals)
         }
-        HirKind::Concat(parts) => {
-            let mut best = None;
-            for i in 0..parts.len() {
-                keep_better(&mut best, necessary(&parts[i]));
-                keep_better(&mut best, prefixes(&Hir::concat(parts[i..].to_vec())));
-            }
-            best
-        }
-        _ => prefixes(hir),
-    }?;
-    (need.shortest() >= MIN_LEN).then_some(need)
-}
+    }
 
-/// The literal prefixes of every match of `hir`, when there are finitely
-/// many.
-fn prefixes(hir: &Hir) -> Option<Need> {
-    // Classes of up to two bytes (`[-_]`): `\d` as ten literals is
-    // worth less than the literal before it.
-    let seq = Extractor::new()
-        .kind(ExtractKind::Prefix)
-        .limit_class(2)
-        .extract(hir);
-    let literals = seq.literals()?;
-    Need::from_literals(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
+    /// What every match of one of `patterns` contains.
+    fn any_of(&self, patterns: &[&str], config: &syntax::Config) -> Option<Need> {
+        let mut literals = Vec::new();
+        for p in patterns {
+            let hir = syntax::parse_with(p, config).ok()?;
+            literals.extend(self.necessary(&hir)?.literals);
+        }
+        self.need(literals)
+    }
+
+    /// What every match of `hir` contains; `None` when nothing useful is.
+    fn necessary(&self, hir: &Hir) -> Option<Need> {
+        let need = match hir.kind() {
+            HirKind::Literal(l) => self.need(vec![l.0.to_vec()]),
+            HirKind::Capture(c) => self.necessary(&c.sub),
+            HirKind::Repetition(r) if r.min >= 1 => self.necessary(&r.sub),
+            HirKind::Alternation(branches) => {
+                let mut literals = Vec::new();
+                for b in branches {
+                    literals.extend(self.necessary(b)?.literals);
+                }
+                self.need(literals)
+            }
+            HirKind::Concat(parts) => {
+                let mut best = None;
+                for i in 0..parts.len() {
+                    self.keep_better(&mut best, self.necessary(&parts[i]));
+                    let suffix = Hir::concat(parts[i..].to_vec());
+                    self.keep_better(&mut best, self.prefixes(&suffix));
+                }
+                best
+            }
+            _ => self.prefixes(hir),
+        }?;
+        (need.shortest() >= MIN_LEN).then_some(need)
+    }
+
+    /// The literal prefixes of every match of `hir`, when there are
+    /// finitely many.
+    fn prefixes(&self, hir: &Hir) -> Option<Need> {
+        // Classes of up to two bytes (`[-_]`): `\d` as ten literals is
+        // worth less than the literal before it.
+        let seq = Extractor::new()
+            .kind(ExtractKind::Prefix)
+            .limit_class(2)
+            .extract(hir);
+        let literals = seq.literals()?;
+        self.need(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
+    }
 }
 
 #[cfg(test)]
@@ -185,7 +225,7 @@ mod tests {
     }
 
     fn set(patterns: &[&str]) -> Option<Vec<String>> {
-        LinePrefilter::new(&[vec![patterns.to_vec()]], &config()).map(|p| {
+        LinePrefilter::new(&[vec![patterns.to_vec()]], &config(), b"").map(|p| {
             p.literals()
                 .iter()
                 .map(|l| String::from_utf8_lossy(l).into_owned())
@@ -260,19 +300,36 @@ mod tests {
             vec!["connect", r"\d+ from"],
             vec!["(?:dis)?connect from .* auth=0/"],
         ];
-        let p = LinePrefilter::new(std::slice::from_ref(&jail), &config());
+        let p = LinePrefilter::new(std::slice::from_ref(&jail), &config(), b"");
         let got: Option<Vec<&[u8]>> = p
             .as_ref()
             .map(|p| p.literals().iter().map(Vec::as_slice).collect());
         assert_eq!(got, Some(vec![&b"connect from "[..]]));
         // Another jail adds its own.
-        let p = LinePrefilter::new(&[jail, vec![vec!["refused"]]], &config());
+        let p = LinePrefilter::new(&[jail, vec![vec!["refused"]]], &config(), b"");
         assert_eq!(p.map(|p| p.literals().len()), Some(2));
     }
 
     #[test]
+    fn the_sample_decides_between_candidates() {
+        let pattern = [r"disconnect from \S+ auth=0/\d"];
+        let common = b"x disconnect from a ehlo=1\n".repeat(50);
+        let p = LinePrefilter::new(&[vec![pattern.to_vec()]], &config(), &common);
+        assert_eq!(
+            p.map(|p| p.literals().to_vec()),
+            Some(vec![b" auth=0/".to_vec()])
+        );
+        // Without a sample, the longer literal.
+        let p = LinePrefilter::new(&[vec![pattern.to_vec()]], &config(), b"");
+        assert_eq!(
+            p.map(|p| p.literals().to_vec()),
+            Some(vec![b"disconnect from ".to_vec()])
+        );
+    }
+
+    #[test]
     fn the_search_finds_the_next_hit() {
-        let p = LinePrefilter::new(&[vec![vec!["NOQUEUE: reject"]]], &config());
+        let p = LinePrefilter::new(&[vec![vec!["NOQUEUE: reject"]]], &config(), b"");
         let Some(p) = p else {
             panic!("no prefilter");
         };
@@ -284,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_case_insensitive_pattern_is_found_in_every_spelling() {
-        let p = LinePrefilter::new(&[vec![vec!["(?i)auth failed"]]], &config());
+        let p = LinePrefilter::new(&[vec![vec!["(?i)auth failed"]]], &config(), b"");
         let Some(p) = p else {
             panic!("no prefilter");
         };

@@ -542,9 +542,9 @@ impl Filter {
     }
 
     /// A search for the lines this filter may match, over a whole buffer
-    /// (see [`LinePrefilter`]); `None` when some failregex needs no
-    /// literal worth searching for.
-    pub fn line_prefilter(&self) -> Option<LinePrefilter> {
+    /// (see [`LinePrefilter`]), tuned to `sample` (some of the input);
+    /// `None` when some failregex needs no literal worth searching for.
+    pub fn line_prefilter(&self, sample: &[u8]) -> Option<LinePrefilter> {
         let mut jails = Vec::new();
         if self.has_native {
             jails.push(vec![self.fail_texts.iter().map(String::as_str).collect()]);
@@ -552,7 +552,7 @@ impl Filter {
         if let Some(imp) = &self.imported {
             jails.extend(imp.conditions());
         }
-        LinePrefilter::new(&jails, &syntax_config(false))
+        LinePrefilter::new(&jails, &syntax_config(false), sample)
     }
 
     /// Fresh search state for this filter; keep one per thread.
