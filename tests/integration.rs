@@ -15,5 +15,6 @@ mod config;
 mod conformance;
 mod control;
 mod daemon;
+mod journal;
 mod package;
 mod postfix;

@@ -1,0 +1,129 @@
+//! The journal reader on journal files written by systemd-journal-remote:
+//! the handle it replaces after `REOPEN_AFTER` entries (to drop what
+//! sd_journal mapped) must continue exactly where the old one was.
+
+use std::os::fd::BorrowedFd;
+
+use banjo::jail::{JournalMatch, MatchTerm};
+use banjo::journal::{Journal, Source, REOPEN_AFTER};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::util::*;
+
+fn postfix_only() -> Vec<JournalMatch> {
+    vec![JournalMatch {
+        groups: vec![vec![MatchTerm {
+            field: "_SYSTEMD_UNIT".into(),
+            value: "postfix@-.service".into(),
+        }]],
+    }]
+}
+
+/// `n` numbered postfix entries from `base` µs, one other unit's entry
+/// (which the match skips) after every tenth.
+fn numbered(base: u64, from: u64, n: u64) -> Vec<Entry> {
+    let mut v = Vec::new();
+    for i in from..from + n {
+        v.push(Entry::smtpd(base + 2 * i, &format!("entry {i}")));
+        if i % 10 == 0 {
+            let mut other = Entry::smtpd(base + 2 * i + 1, "not postfix");
+            other.unit = "cron.service".into();
+            v.push(other);
+        }
+    }
+    v
+}
+
+fn read_all(j: &mut Journal, into: &mut Vec<String>) {
+    while let Some(e) = j.next_entry().unwrap() {
+        into.push(String::from_utf8(e.message.to_vec()).unwrap());
+    }
+}
+
+/// Asserts `seen` is `entry from` .. `entry to-1`, naming the first
+/// difference rather than printing thousands of entries.
+fn assert_read(seen: &[String], from: u64, to: u64) {
+    let want: Vec<String> = (from..to).map(|i| format!("entry {i}")).collect();
+    if let Some(at) = (0..want.len().max(seen.len())).find(|&i| seen.get(i) != want.get(i)) {
+        panic!(
+            "read {} entries, {} expected; at {at}: read {:?}, expected {:?}",
+            seen.len(),
+            want.len(),
+            seen.get(at),
+            want.get(at)
+        );
+    }
+}
+
+#[test]
+fn the_reopened_reader_neither_loses_nor_repeats_an_entry() {
+    let mut dir = JournalDir::new();
+    let base = now_micros() - 3_600_000_000;
+    let n = REOPEN_AFTER + 100;
+    dir.write_file("old", &numbered(base, 0, n));
+    let mut j = Journal::open(
+        &Source::Directory(dir.path().to_path_buf()),
+        &postfix_only(),
+        false,
+    )
+    .unwrap();
+    j.seek_time(0).unwrap();
+    let before = j.fd().unwrap();
+    let mut seen = Vec::new();
+    read_all(&mut j, &mut seen);
+    assert_read(&seen, 0, n);
+    // The fresh handle's fd was opened while the old one was still open.
+    let after = j.fd().unwrap();
+    assert_ne!(before, after, "no reopen after {n} entries");
+    // Still on the last entry read, as the daemon's saved position needs.
+    let cursor = j.cursor().unwrap();
+    assert!(j.is_at(&cursor));
+    assert_eq!(j.time().unwrap(), base + 2 * (n - 1));
+
+    // Entries written from now on wake the new fd and are read once.
+    for e in numbered(base, n, 3) {
+        dir.append(&e);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seen.len() < (n + 3) as usize && std::time::Instant::now() < deadline {
+        let fd = j.fd().unwrap();
+        // SAFETY: the fd belongs to `j`, untouched until poll returns.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let woke = poll(&mut fds, PollTimeout::from(1000u16)).unwrap();
+        assert_eq!(woke, 1, "the reopened handle's fd did not wake");
+        j.process().unwrap();
+        read_all(&mut j, &mut seen);
+    }
+    assert_read(&seen, 0, n + 3);
+}
+
+#[test]
+fn the_old_reader_is_kept_when_its_entry_is_gone() {
+    let dir = JournalDir::new();
+    let base = now_micros() - 3_600_000_000;
+    let n = REOPEN_AFTER + 1;
+    dir.write_file("old", &numbered(base, 0, n));
+    let mut j = Journal::open(
+        &Source::Directory(dir.path().to_path_buf()),
+        &postfix_only(),
+        false,
+    )
+    .unwrap();
+    j.seek_time(0).unwrap();
+    let before = j.fd().unwrap();
+    for i in 0..n {
+        let e = j.next_entry().unwrap().expect("an entry");
+        assert_eq!(e.message, format!("entry {i}").as_bytes());
+    }
+    let cursor = j.cursor().unwrap();
+    // Vacuumed: a fresh handle cannot find the current entry any more.
+    std::fs::remove_file(dir.path().join("old.journal")).unwrap();
+    assert!(j.next_entry().unwrap().is_none());
+    assert_eq!(
+        j.fd().unwrap(),
+        before,
+        "replaced by a handle that lost its place"
+    );
+    assert!(j.is_at(&cursor));
+}
