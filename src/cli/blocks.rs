@@ -6,7 +6,7 @@
 //! around a prefilter hit) itself. A line longer than [`MAX_LINE`] is
 //! never held whole: it is counted and skipped as it streams past.
 
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 
 /// Lines longer than this (bytes before the `\n`) are counted and skipped.
 pub(crate) const MAX_LINE: usize = 1 << 20;
@@ -107,20 +107,11 @@ impl<R: Read> BlockReader<R> {
         let line_start = memchr::memrchr(b'\n', data).map_or(0, |p| p + 1);
         let room = (line_start + MAX_LINE + 1).saturating_sub(data.len());
         let want = BLOCK_BYTES.min(room.max(1));
-        let old = data.len();
-        data.resize(old + want, 0);
-        let n = loop {
-            match self.input.read(&mut data[old..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    data.truncate(old);
-                    return Err(e);
-                }
-            }
-        };
-        data.truncate(old + n);
-        if n == 0 {
+        data.reserve(want);
+        // `read_to_end` on a `take` reads into the spare capacity without
+        // zeroing it first, and stops at `want` bytes or at the end.
+        let n = (&mut self.input).take(want as u64).read_to_end(data)?;
+        if n < want {
             self.eof = true;
         }
         Ok(())
