@@ -61,7 +61,10 @@ pub fn init() -> bool {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_target(false),
+                .with_target(false)
+                // Colours only for a terminal: in a file or a pipe they are
+                // noise, and a good part of each line's formatting cost.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .try_init();
     false

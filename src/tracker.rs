@@ -97,6 +97,13 @@ pub struct Tracker {
     prefix_banned: HashMap<(JailId, IpNet), ActiveBan>,
     /// Prefix bans decided but not yet taken by [`Tracker::take_prefix_bans`].
     pending_prefixes: Vec<PrefixBan>,
+    /// How many failure windows hold maxretry - 1 failures: the addresses
+    /// whose next failure bans. Kept up to date on every change, so that
+    /// the daemon can ask it on every loop turn (see
+    /// [`Tracker::ban_imminent`]) without scanning the map.
+    near: usize,
+    /// Some jail has maxretry = 1: any failure bans.
+    eager: bool,
 }
 
 /// A decision to ban a whole IPv6 prefix.
@@ -127,8 +134,11 @@ impl Tracker {
                 ignoreself: j.ignoreself,
                 prefix: j.ipv6_prefix,
             })
-            .collect();
+            .collect::<Vec<Policy>>();
+        let eager = policies.iter().any(|p| p.maxretry == 1);
         Tracker {
+            eager,
+            near: 0,
             policies,
             failures: HashMap::new(),
             banned: HashMap::new(),
@@ -205,7 +215,7 @@ impl Tracker {
             return;
         }
         if self.count(key, failure.time, maxretry, findtime).is_none() {
-            self.failures.remove(&key);
+            self.drop_failures(key);
         }
     }
 
@@ -220,9 +230,13 @@ impl Tracker {
     ) -> Option<u32> {
         if self.failures.len() >= MAX_TRACKED && !self.failures.contains_key(&key) {
             evict_oldest(&mut self.failures, |t| t.last().copied());
+            self.recount_near();
         }
         let window_start = time.saturating_sub(findtime);
         let times = self.failures.entry(key).or_default();
+        // Stored windows are trimmed to findtime as of their last failure,
+        // so the stored length is the count (see `near`).
+        let was_near = !times.is_empty() && times.len() + 1 == maxretry;
         // Entries arrive in journal order, which is time order within one
         // file but may step back slightly across interleaved files.
         let at = times.partition_point(|t| *t <= time);
@@ -233,6 +247,12 @@ impl Tracker {
             times.drain(..excess);
         }
         let count = times.iter().filter(|t| **t > window_start).count();
+        let is_near = times.len() + 1 == maxretry;
+        match (was_near, is_near) {
+            (false, true) => self.near += 1,
+            (true, false) => self.near = self.near.saturating_sub(1),
+            _ => {}
+        }
         (count < maxretry).then_some(count as u32)
     }
 
@@ -256,7 +276,7 @@ impl Tracker {
             Bantime::For(d) => time.saturating_add(micros(d)),
             Bantime::Permanent => Micros::MAX,
         };
-        self.failures.remove(&(jail, ip));
+        self.drop_failures((jail, ip));
         self.banned.insert((jail, ip), ActiveBan { until, bantime });
         if self.history.len() >= MAX_TRACKED && !self.history.contains_key(&(jail, ip)) {
             evict_oldest(&mut self.history, |h| Some(h.last));
@@ -275,6 +295,34 @@ impl Tracker {
             time,
             count: previous.saturating_add(1),
         }
+    }
+
+    /// Forgets the failure window of `key`, keeping `near` right.
+    fn drop_failures(&mut self, key: (JailId, IpAddr)) {
+        if let Some(times) = self.failures.remove(&key) {
+            if near(&self.policies, key.0, &times) {
+                self.near = self.near.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Counts `near` afresh, after windows were dropped in bulk.
+    fn recount_near(&mut self) {
+        let policies = &self.policies;
+        self.near = self
+            .failures
+            .iter()
+            .filter(|((jail, _), times)| near(policies, *jail, times))
+            .count();
+    }
+
+    /// Whether the next failure may complete a ban: some address is one
+    /// failure short of maxretry, or some jail bans at the first failure.
+    /// O(1). It may say yes for a while after such a window has aged out
+    /// of findtime (until the next [`Tracker::expire`]), never no while
+    /// one is live.
+    pub fn ban_imminent(&self) -> bool {
+        self.eager || self.near > 0
     }
 
     fn prefix_of(&self, jail: JailId, ip: IpAddr) -> Option<IpNet> {
@@ -399,6 +447,7 @@ impl Tracker {
                 .map_or(HISTORY_KEEP, |m| micros(m).max(HISTORY_KEEP));
             h.last.saturating_add(keep) > now
         });
+        self.recount_near();
     }
 
     /// Forgets a ban (a manual unban), so the address is counted afresh.
@@ -468,6 +517,15 @@ impl Tracker {
     pub fn tracked(&self) -> usize {
         self.failures.len()
     }
+}
+
+/// Whether a stored failure window is one failure short of its jail's
+/// maxretry (windows are trimmed to findtime whenever a failure is added).
+fn near(policies: &[Policy], jail: JailId, times: &[Micros]) -> bool {
+    !times.is_empty()
+        && policies
+            .get(jail.index())
+            .is_some_and(|p| times.len() + 1 == p.maxretry as usize)
 }
 
 /// The bantime of an address's ban number `previous + 1`.
@@ -764,6 +822,48 @@ mod tests {
         t.observe(&fail("192.0.2.1", 0));
         t.expire(fail("192.0.2.1", 0).time + HISTORY_KEEP + 1);
         assert_eq!(t.ban_count(JailId(0), "192.0.2.1".parse().unwrap()), 0);
+    }
+
+    #[test]
+    fn a_ban_is_imminent_while_an_address_is_one_failure_short() {
+        let mut t = Tracker::new(&[jail(3, 60, ten_min(), &[])], 7);
+        assert!(!t.ban_imminent());
+        t.observe(&fail("192.0.2.1", 0));
+        t.observe(&fail("192.0.2.2", 0));
+        assert!(!t.ban_imminent());
+        t.observe(&fail("192.0.2.1", 1));
+        t.observe(&fail("192.0.2.2", 1));
+        assert!(t.ban_imminent());
+        assert!(matches!(t.observe(&fail("192.0.2.1", 2)), Verdict::Ban(_)));
+        assert!(t.ban_imminent(), "192.0.2.2 is still one short");
+        // A manual ban drops the window too.
+        t.ban(JailId(0), "192.0.2.2".parse().unwrap(), 3 * S, None);
+        assert!(!t.ban_imminent());
+        // A window that slid: 0 and 50, then 70 drops 0 and stays one short.
+        t.observe(&fail("192.0.2.3", 0));
+        t.observe(&fail("192.0.2.3", 50));
+        assert!(t.ban_imminent());
+        t.observe(&fail("192.0.2.3", 70));
+        assert!(t.ban_imminent());
+        // Aged out entirely: expire forgets it.
+        t.expire(1_700_000_000 * S + 200 * S);
+        assert!(!t.ban_imminent());
+        // Replay rebuilds the same state.
+        let f = fail("192.0.2.4", 300);
+        t.replay(&f);
+        t.replay(&fail("192.0.2.4", 301));
+        assert!(t.ban_imminent());
+        t.replay(&fail("192.0.2.4", 302));
+        assert!(!t.ban_imminent());
+    }
+
+    #[test]
+    fn maxretry_one_makes_every_failure_imminent() {
+        let t = Tracker::new(
+            &[jail(3, 60, ten_min(), &[]), jail(1, 60, ten_min(), &[])],
+            7,
+        );
+        assert!(t.ban_imminent());
     }
 
     #[test]
