@@ -233,7 +233,13 @@ impl Tracker {
             self.recount_near();
         }
         let window_start = time.saturating_sub(findtime);
-        let times = self.failures.entry(key).or_default();
+        // Most addresses fail once and are never seen again: room for one
+        // timestamp, not the four an empty Vec's first push makes room for
+        // (100,000 such addresses: 1.6 MB less).
+        let times = self
+            .failures
+            .entry(key)
+            .or_insert_with(|| Vec::with_capacity(1));
         // Stored windows are trimmed to findtime as of their last failure,
         // so the stored length is the count (see `near`).
         let was_near = !times.is_empty() && times.len() + 1 == maxretry;
