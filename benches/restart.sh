@@ -16,7 +16,8 @@ fi
 NS=banjo-bench-$$
 DIR=$(mktemp -d)
 cleanup() {
-    [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null || true
+    # banjo saves its state on SIGTERM: let it finish before removing it.
+    [ -n "${PID:-}" ] && { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; } || true
     [ -n "${MON:-}" ] && kill "$MON" 2>/dev/null || true
     ip netns delete "$NS" 2>/dev/null || true
     rm -rf "$DIR"

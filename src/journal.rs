@@ -280,6 +280,27 @@ impl Journal {
                 self.message.extend_from_slice(v);
             }
         }
+        let matched = if self.matches.len() == 1 {
+            // sd_journal already filters to exactly this match (the same
+            // AND-of-fields, OR-of-values rule): no field to read.
+            1
+        } else {
+            self.which_matches()
+        };
+        self.line.clear();
+        if self.want_line {
+            self.build_line();
+        }
+        Ok(Some(Entry {
+            message: &self.message,
+            time,
+            matched,
+            line: &self.line,
+        }))
+    }
+
+    /// Which of `matches` the current entry satisfies (bit i: match i).
+    fn which_matches(&mut self) -> u64 {
         for (name, slot) in self.fields.iter().zip(self.values.iter_mut()) {
             slot.1.clear();
             slot.0 = match self.handle.get_data(name.as_c_str()) {
@@ -309,16 +330,7 @@ impl Journal {
                 matched |= 1 << i;
             }
         }
-        self.line.clear();
-        if self.want_line {
-            self.build_line();
-        }
-        Ok(Some(Entry {
-            message: &self.message,
-            time,
-            matched,
-            line: &self.line,
-        }))
+        matched
     }
 
     /// `sd_journal_next`: whether there was a next entry (now current).

@@ -666,14 +666,15 @@ impl Filter {
             str: &lossy,
             ascii,
         };
-        if ascii && !imp.prefilter(state, &text) {
+        let use_candidates = ascii && imp.wants_prefilter();
+        if use_candidates && !imp.prefilter(state, &text) {
             return;
         }
         for (k, id) in self.imported_ids.iter().enumerate() {
             if !jails.contains(*id) {
                 continue;
             }
-            if let Some(found) = imp.eval(k, state, &text, ascii) {
+            if let Some(found) = imp.eval(k, state, &text, use_candidates) {
                 sink(
                     Hit {
                         jail: *id,
