@@ -842,8 +842,16 @@ class Bench:
                         cpu.append(100 * (cpu_seconds(d.pid) - c0) / (time.monotonic() - w0))
                         res = json.loads(out)
                         if res["timeouts"]:
-                            self.note("latency %s %s run %d: %d of %d trials saw no ban within 10 s"
-                                      % (mode, d.name, r + 1, res["timeouts"], trials))
+                            # Keep the daemon's own account of the run: the
+                            # scratch directory goes at the end.
+                            kept = os.path.join(self.a.cache, "latency-timeout-%s-%s-%d-%d"
+                                                % (mode, d.name, r + 1, int(time.time())))
+                            shutil.copytree(d.work, kept, dirs_exist_ok=True)
+                            with open(os.path.join(kept, "trials.json"), "w") as f:
+                                f.write(out)
+                            self.note("latency %s %s run %d: %d of %d trials saw no ban within 10 s "
+                                      "(its files kept in %s)"
+                                      % (mode, d.name, r + 1, res["timeouts"], trials, kept))
                         p50.append(res["p50_ms"])
                         p99.append(res["p99_ms"])
                         all_samples += res["samples_ms"]
