@@ -55,12 +55,8 @@ fn assert_read(seen: &[String], from: u64, to: u64) {
     }
 }
 
-#[test]
-fn the_reopened_reader_neither_loses_nor_repeats_an_entry() {
-    let mut dir = JournalDir::new();
-    let base = now_micros() - 3_600_000_000;
-    let n = REOPEN_AFTER + 100;
-    dir.write_file("old", &numbered(base, 0, n));
+/// A reader of `dir`'s postfix entries, before the first one.
+fn open_at_start(dir: &JournalDir) -> Journal {
     let mut j = Journal::open(
         &Source::Directory(dir.path().to_path_buf()),
         &postfix_only(),
@@ -68,6 +64,16 @@ fn the_reopened_reader_neither_loses_nor_repeats_an_entry() {
     )
     .unwrap();
     j.seek_time(0).unwrap();
+    j
+}
+
+#[test]
+fn the_reopened_reader_neither_loses_nor_repeats_an_entry() {
+    let mut dir = JournalDir::new();
+    let base = now_micros() - 3_600_000_000;
+    let n = REOPEN_AFTER + 100;
+    dir.write_file("old", &numbered(base, 0, n));
+    let mut j = open_at_start(&dir);
     let before = j.fd().unwrap();
     let mut seen = Vec::new();
     read_all(&mut j, &mut seen);
@@ -104,13 +110,7 @@ fn the_old_reader_is_kept_when_its_entry_is_gone() {
     let base = now_micros() - 3_600_000_000;
     let n = REOPEN_AFTER + 1;
     dir.write_file("old", &numbered(base, 0, n));
-    let mut j = Journal::open(
-        &Source::Directory(dir.path().to_path_buf()),
-        &postfix_only(),
-        false,
-    )
-    .unwrap();
-    j.seek_time(0).unwrap();
+    let mut j = open_at_start(&dir);
     let before = j.fd().unwrap();
     for i in 0..n {
         let e = j.next_entry().unwrap().expect("an entry");
