@@ -88,6 +88,10 @@ const FLUSH_AFTER: Duration = Duration::from_millis(5);
 /// drain ends.
 const LOG_AT: usize = 32_768;
 const LOG_AFTER: Duration = Duration::from_millis(250);
+/// While bans or log lines wait, the clock is read once per this many
+/// entries (some 0.1 ms of a backlog) to see whether they waited long
+/// enough; a drain's end sends and writes them whatever the clock says.
+const CLOCK_EVERY: u32 = 64;
 /// After an entry, the journal is read every `ACTIVE_POLL` for
 /// `ACTIVE_FOR`, then every `WARM_POLL` until `WARM_FOR` has passed, and
 /// beyond that as long as some address has failures on record (its next
@@ -202,6 +206,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         hits: Vec::new(),
         last_entry: None,
         last_failure: None,
+        counted: false,
         last_entry_time: None,
         last_saved: Instant::now(),
         last_status: Instant::now(),
@@ -604,8 +609,10 @@ struct Daemon {
     unlogged_since: Option<Instant>,
     hits: Vec<Hit>,
     last_entry: Option<Instant>,
-    /// When the last failure was counted (a ban may follow soon).
+    /// When the last failure was counted (a ban may follow soon): set at
+    /// the end of the drain in which `counted` became true.
     last_failure: Option<Instant>,
+    counted: bool,
     /// Journal time of the newest entry read, for the lag in `stats`.
     last_entry_time: Option<Micros>,
     last_saved: Instant,
@@ -644,6 +651,7 @@ impl Daemon {
 
     fn try_drain(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<(), Error> {
         let mut any = false;
+        let mut since_clock = 0u32;
         while let Some(entry) = p.journal.next_entry()? {
             any = true;
             let time = entry.time;
@@ -703,16 +711,25 @@ impl Daemon {
                 self.position_dirty = true;
             }
             if self.pending_since.is_some() || self.unlogged_since.is_some() {
-                let now = Instant::now();
-                let waited = |since: Option<Instant>, limit| {
-                    since.is_some_and(|t| now.duration_since(t) >= limit)
-                };
-                if self.found.len() + self.added.len() >= LOG_AT
-                    || waited(self.unlogged_since, LOG_AFTER)
-                {
+                // Sizes on every entry, the clock every CLOCK_EVERY: a
+                // clock read costs as much as matching a benign line.
+                since_clock += 1;
+                let (mut log_due, mut send_due) = (
+                    self.found.len() + self.added.len() >= LOG_AT,
+                    self.pending.len() >= FLUSH_AT,
+                );
+                if !log_due && !send_due && since_clock >= CLOCK_EVERY {
+                    since_clock = 0;
+                    let now = Instant::now();
+                    let waited = |since: Option<Instant>, limit| {
+                        since.is_some_and(|t| now.duration_since(t) >= limit)
+                    };
+                    log_due = waited(self.unlogged_since, LOG_AFTER);
+                    send_due = waited(self.pending_since, FLUSH_AFTER);
+                }
+                if log_due {
                     self.flush(p)?;
-                } else if self.pending.len() >= FLUSH_AT || waited(self.pending_since, FLUSH_AFTER)
-                {
+                } else if send_due {
                     self.send(p)?;
                 }
             }
@@ -727,6 +744,9 @@ impl Daemon {
         }
         self.flush(p)?;
         let now = Instant::now();
+        if std::mem::take(&mut self.counted) {
+            self.last_failure = Some(now);
+        }
         if self.dirty {
             if now.duration_since(self.last_saved) >= save_every(&p.tracker) {
                 self.save(p)?;
@@ -788,9 +808,8 @@ impl Daemon {
                 );
             }
         }
-        let now = Instant::now();
-        self.last_failure = Some(now);
-        self.unlogged_since.get_or_insert(now);
+        self.counted = true;
+        self.unlogged_since.get_or_insert_with(Instant::now);
         self.found.push(Found {
             jail: failure.jail,
             ip: failure.ip.to_canonical(),
