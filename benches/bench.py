@@ -846,9 +846,11 @@ class Bench:
                             # scratch directory goes at the end.
                             kept = os.path.join(self.a.cache, "latency-timeout-%s-%s-%d-%d"
                                                 % (mode, d.name, r + 1, int(time.time())))
-                            shutil.copytree(d.work, kept, dirs_exist_ok=True)
+                            os.makedirs(kept, exist_ok=True)
                             with open(os.path.join(kept, "trials.json"), "w") as f:
                                 f.write(out)
+                            shutil.copytree(d.work, kept, dirs_exist_ok=True,
+                                            ignore=shutil.ignore_patterns("*.sock"))
                             self.note("latency %s %s run %d: %d of %d trials saw no ban within 10 s "
                                       "(its files kept in %s)"
                                       % (mode, d.name, r + 1, res["timeouts"], trials, kept))
