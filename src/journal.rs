@@ -347,8 +347,10 @@ impl Journal {
     /// read only when the next one was written (10 s later), although the
     /// writer's notification had come; the handle seemed stuck on a view
     /// of the file taken while that entry was being appended (banjo reads
-    /// every 0.25 ms when a ban is one failure away). A fresh lookup from
-    /// the cursor costs a bisection per file, only on notifications that
+    /// every 0.25 ms when a ban is one failure away). systemd's own
+    /// threads on readers racing an append (torn header fields, systemd
+    /// issue #40053, PR #43467) fit that picture. A fresh lookup from the
+    /// cursor costs a bisection per file, only on notifications that
     /// brought nothing.
     fn look_again(&mut self) -> Result<bool, Error> {
         let Ok(cursor) = self.handle.cursor() else {
