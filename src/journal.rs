@@ -120,6 +120,36 @@ fn open_handle(source: &Source, matches: &[JournalMatch]) -> Result<journal::Jou
     Ok(handle)
 }
 
+/// Where [`land_on`] left a handle.
+#[derive(Debug, PartialEq, Eq)]
+enum Landing {
+    /// On the cursor's entry.
+    On,
+    /// On a later entry: the cursor's is gone.
+    After,
+    /// On no entry.
+    Nowhere,
+}
+
+/// Seeks `handle` to `cursor` and steps onto the entry there.
+fn land_on(handle: &mut journal::Journal, cursor: &str) -> Result<Landing, Error> {
+    handle
+        .seek_cursor(cursor)
+        .map_err(step("seeking the journal cursor"))?;
+    if handle
+        .next()
+        .map_err(step("reading the journal entry at the cursor"))?
+        == 0
+    {
+        return Ok(Landing::Nowhere);
+    }
+    Ok(if handle.test_cursor(cursor).unwrap_or(false) {
+        Landing::On
+    } else {
+        Landing::After
+    })
+}
+
 /// The journal reader.
 pub struct Journal {
     handle: journal::Journal,
@@ -138,6 +168,8 @@ pub struct Journal {
     message: Vec<u8>,
     /// Whether to build [`Entry::line`] (only fail2ban filters need it).
     want_line: bool,
+    /// The fields of [`Journal::build_line`], buffers reused.
+    line_fields: [Vec<u8>; 4],
     /// `process` reported a change that no read has followed up yet.
     changed: bool,
     line: Vec<u8>,
@@ -183,6 +215,7 @@ impl Journal {
             message: Vec::with_capacity(4096),
             want_line,
             changed: false,
+            line_fields: Default::default(),
             line: Vec::new(),
         })
     }
@@ -356,18 +389,12 @@ impl Journal {
         let Ok(cursor) = self.handle.cursor() else {
             return Ok(false);
         };
-        self.handle
-            .seek_cursor(cursor.as_str())
-            .map_err(step("seeking the journal cursor"))?;
-        if !self.step_forward()? {
-            return Ok(false);
-        }
-        if self.is_at(&cursor) {
-            self.step_forward()
-        } else {
+        match land_on(&mut self.handle, &cursor)? {
+            Landing::On => self.step_forward(),
             // The entry is gone (vacuumed): the handle is on the first
             // one after it, not yet read.
-            Ok(true)
+            Landing::After => Ok(true),
+            Landing::Nowhere => Ok(false),
         }
     }
 
@@ -400,15 +427,7 @@ impl Journal {
             // Watch before the first read, so no entry falls in between.
             fresh.fd().map_err(step("getting the journal fd"))?;
         }
-        fresh
-            .seek_cursor(cursor.as_str())
-            .map_err(step("seeking the journal cursor"))?;
-        if fresh
-            .next()
-            .map_err(step("reading the journal entry at the cursor"))?
-            == 0
-            || !fresh.test_cursor(cursor.as_str()).unwrap_or(false)
-        {
+        if land_on(&mut fresh, &cursor)? != Landing::On {
             return Ok(false);
         }
         self.handle = fresh;
@@ -418,24 +437,31 @@ impl Journal {
     /// The line fail2ban's systemd backend would match for this entry
     /// (its exact format lives in `fail2ban::journal_line`).
     fn build_line(&mut self) {
-        let mut field = |names: &[&str]| -> Option<Vec<u8>> {
-            names.iter().find_map(|name| {
-                let f = self.handle.get_data(*name).ok()??;
-                f.value().map(<[u8]>::to_vec)
-            })
-        };
-        let host = field(&["_HOSTNAME"]);
-        let ident = field(&["SYSLOG_IDENTIFIER", "_COMM"]);
-        let pid = field(&["SYSLOG_PID", "_PID"]);
-        let mono = field(&["_SOURCE_MONOTONIC_TIMESTAMP"])
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
-        crate::fail2ban::journal_line(
-            &mut self.line,
-            host.as_deref(),
-            ident.as_deref(),
-            pid.as_deref(),
-            mono,
-            &self.message,
-        );
+        /// The fields fail2ban's line is made of, each with its fallback.
+        const FIELDS: [&[&str]; 4] = [
+            &["_HOSTNAME"],
+            &["SYSLOG_IDENTIFIER", "_COMM"],
+            &["SYSLOG_PID", "_PID"],
+            &["_SOURCE_MONOTONIC_TIMESTAMP"],
+        ];
+        let Journal {
+            handle,
+            line_fields,
+            line,
+            message,
+            ..
+        } = self;
+        // Buffers kept from entry to entry: this runs for every entry.
+        let mut present = [false; 4];
+        for ((names, buf), found) in FIELDS.iter().zip(line_fields.iter_mut()).zip(&mut present) {
+            buf.clear();
+            *found = names.iter().any(|name| match handle.get_data(*name) {
+                Ok(Some(f)) => f.value().map(|v| buf.extend_from_slice(v)).is_some(),
+                _ => false,
+            });
+        }
+        let field = |i: usize| present[i].then(|| line_fields[i].as_slice());
+        let mono = field(3).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        crate::fail2ban::journal_line(line, field(0), field(1), field(2), mono, message);
     }
 }

@@ -242,7 +242,7 @@ impl Tracker {
             .or_insert_with(|| Vec::with_capacity(1));
         // Stored windows are trimmed to findtime as of their last failure,
         // so the stored length is the count (see `near`).
-        let was_near = !times.is_empty() && times.len() + 1 == maxretry;
+        let was_near = one_short(times, maxretry);
         // Entries arrive in journal order, which is time order within one
         // file but may step back slightly across interleaved files.
         let at = times.partition_point(|t| *t <= time);
@@ -253,7 +253,7 @@ impl Tracker {
             times.drain(..excess);
         }
         let count = times.iter().filter(|t| **t > window_start).count();
-        let is_near = times.len() + 1 == maxretry;
+        let is_near = one_short(times, maxretry);
         match (was_near, is_near) {
             (false, true) => self.near += 1,
             (true, false) => self.near = self.near.saturating_sub(1),
@@ -528,10 +528,14 @@ impl Tracker {
 /// Whether a stored failure window is one failure short of its jail's
 /// maxretry (windows are trimmed to findtime whenever a failure is added).
 fn near(policies: &[Policy], jail: JailId, times: &[Micros]) -> bool {
-    !times.is_empty()
-        && policies
-            .get(jail.index())
-            .is_some_and(|p| times.len() + 1 == p.maxretry as usize)
+    policies
+        .get(jail.index())
+        .is_some_and(|p| one_short(times, p.maxretry as usize))
+}
+
+/// Whether a window of `times` needs exactly one more failure to ban.
+fn one_short(times: &[Micros], maxretry: usize) -> bool {
+    !times.is_empty() && times.len() + 1 == maxretry
 }
 
 /// The bantime of an address's ban number `previous + 1`.

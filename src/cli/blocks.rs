@@ -48,6 +48,8 @@ pub(crate) struct BlockReader<R> {
     /// Inside a line that is too long: drop bytes until its `\n`.
     skipping: bool,
     eof: bool,
+    /// A block read by [`BlockReader::peek`], handed out next.
+    peeked: Option<Block>,
 }
 
 impl<R: Read> BlockReader<R> {
@@ -59,11 +61,28 @@ impl<R: Read> BlockReader<R> {
             next_index: 0,
             skipping: false,
             eof: false,
+            peeked: None,
         }
+    }
+
+    /// The next block, without taking it: [`BlockReader::next_block`]
+    /// returns it.
+    pub(crate) fn peek(&mut self) -> std::io::Result<Option<&Block>> {
+        if self.peeked.is_none() {
+            self.peeked = self.read_block()?;
+        }
+        Ok(self.peeked.as_ref())
     }
 
     /// The next block; `None` at the end of the input.
     pub(crate) fn next_block(&mut self) -> std::io::Result<Option<Block>> {
+        match self.peeked.take() {
+            Some(b) => Ok(Some(b)),
+            None => self.read_block(),
+        }
+    }
+
+    fn read_block(&mut self) -> std::io::Result<Option<Block>> {
         let mut data = std::mem::take(&mut self.carry);
         loop {
             if self.skipping {
@@ -158,6 +177,16 @@ mod tests {
         assert_eq!(blocks(b"a\nb"), vec![(1, 2, 0, "a|b".into())]);
         assert_eq!(blocks(b"\n\nx\n"), vec![(1, 3, 0, "||x".into())]);
         assert_eq!(blocks(b""), vec![]);
+    }
+
+    #[test]
+    fn a_peeked_block_is_the_next_one() {
+        let mut r = BlockReader::new(&b"a\nb\n"[..]);
+        let peeked = r.peek().expect("reading a slice").map(|b| b.data.clone());
+        let next = r.next_block().expect("reading a slice").map(|b| b.data);
+        assert_eq!(peeked, Some(b"a\nb\n".to_vec()));
+        assert_eq!(next, peeked);
+        assert!(r.next_block().expect("reading a slice").is_none());
     }
 
     #[test]

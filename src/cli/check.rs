@@ -537,13 +537,13 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
     };
     let mut blocks = BlockReader::new(reader);
     let io = |e: std::io::Error| format!("{input}: {e}");
-    let mut first = blocks.next_block().map_err(io)?;
     // `--print-missed` prints every line, so every line is looked at.
     let prefilter = if o.print_missed {
         None
     } else {
-        let sample = first.as_ref().map_or(&[][..], |b| &b.data[..]);
-        s.filter.line_prefilter(sample)
+        let first = blocks.peek().map_err(io)?;
+        s.filter
+            .line_prefilter(first.map_or(&[][..], |b| &b.data[..]))
     };
     let prefilter = prefilter.as_ref();
     let threads = std::thread::available_parallelism()
@@ -555,11 +555,7 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
         let mut report = Report::new(s, o);
         let mut worker = Worker::new(s, o);
         let mut out = Vec::new();
-        while let Some(block) = first
-            .take()
-            .map_or_else(|| blocks.next_block(), |b| Ok(Some(b)))
-            .map_err(io)?
-        {
+        while let Some(block) = blocks.next_block().map_err(io)? {
             let mut st = Stats::new(s.regexes.len());
             worker.block(&block, prefilter, &mut st, &mut out);
             report.add(st, &out).map_err(|e| e.to_string())?;
@@ -611,10 +607,7 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
         });
         let mut failed = None;
         loop {
-            let next = first
-                .take()
-                .map_or_else(|| blocks.next_block(), |b| Ok(Some(b)));
-            match next {
+            match blocks.next_block() {
                 Ok(Some(block)) => {
                     if to_workers.send(block).is_err() {
                         break;

@@ -581,6 +581,19 @@ fn jails_for(jails_of_match: &[JailSet], matched: u64) -> JailSet {
     set
 }
 
+/// Updates `jail`'s counters; the name is copied only the first time
+/// (this runs for every failure and every ban).
+fn jail_counters(
+    per_jail: &mut HashMap<String, JailCounters>,
+    jail: &str,
+    update: impl FnOnce(&mut JailCounters),
+) {
+    match per_jail.get_mut(jail) {
+        Some(c) => update(c),
+        None => update(per_jail.entry(jail.to_string()).or_default()),
+    }
+}
+
 /// A counted failure whose `Found` line is not written yet.
 struct Found {
     jail: JailId,
@@ -795,19 +808,7 @@ impl Daemon {
 
     fn count_failure(&mut self, jail: &str, failure: &Failure, failures: Option<u32>) {
         self.counters.failures += 1;
-        // Without a `String` per failure once the jail has its entry.
-        match self.per_jail.get_mut(jail) {
-            Some(c) => c.failures += 1,
-            None => {
-                self.per_jail.insert(
-                    jail.to_string(),
-                    JailCounters {
-                        failures: 1,
-                        bans: 0,
-                    },
-                );
-            }
-        }
+        jail_counters(&mut self.per_jail, jail, |c| c.failures += 1);
         self.counted = true;
         self.unlogged_since.get_or_insert_with(Instant::now);
         self.found.push(Found {
@@ -855,14 +856,8 @@ impl Daemon {
         for f in found.drain(..) {
             let jail = p.jail_name(f.jail);
             let ip = f.ip;
-            match f.failures {
-                Some(failures) => {
-                    tracing::info!(message_id = log::FOUND, jail, ip = %ip, failures, "[{jail}] Found {ip}")
-                }
-                None => {
-                    tracing::info!(message_id = log::FOUND, jail, ip = %ip, "[{jail}] Found {ip}")
-                }
-            }
+            // `failures` is recorded only when set (not for the one that bans).
+            tracing::info!(message_id = log::FOUND, jail, ip = %ip, failures = f.failures, "[{jail}] Found {ip}");
         }
         // Keep the buffer's capacity for the next drain.
         self.found = found;
@@ -966,7 +961,7 @@ impl Daemon {
     fn log_prefix_ban(&mut self, p: &Pipeline, b: &PrefixBan) {
         self.counters.bans += 1;
         let jail = p.jail_name(b.jail);
-        self.count_ban(jail);
+        jail_counters(&mut self.per_jail, jail, |c| c.bans += 1);
         let bantime = b.bantime.secs();
         tracing::warn!(
             message_id = log::BAN,
@@ -978,26 +973,10 @@ impl Daemon {
         );
     }
 
-    /// Per-jail ban count (without a `String` per ban once the jail has one).
-    fn count_ban(&mut self, jail: &str) {
-        match self.per_jail.get_mut(jail) {
-            Some(c) => c.bans += 1,
-            None => {
-                self.per_jail.insert(
-                    jail.to_string(),
-                    JailCounters {
-                        failures: 0,
-                        bans: 1,
-                    },
-                );
-            }
-        }
-    }
-
     fn log_ban(&mut self, p: &Pipeline, ban: &Ban, manual: bool) {
         self.counters.bans += 1;
         let jail = p.jail_name(ban.jail);
-        self.count_ban(jail);
+        jail_counters(&mut self.per_jail, jail, |c| c.bans += 1);
         let bantime = ban.bantime.secs();
         tracing::warn!(
             message_id = log::BAN,
