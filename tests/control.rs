@@ -214,10 +214,6 @@ fn escalation_is_visible_as_kernel_timeouts() {
     if !root_or_skip("escalation_is_visible_as_kernel_timeouts") {
         return;
     }
-    let ns = Netns::new();
-    let mut journal = JournalDir::new();
-    let dir = TempDir::new("esc");
-    let table = unique("t");
     let jails = r#"
 [jail.esc]
 failregex = ['lost connection after AUTH from (.*)\[<HOST>\]']
@@ -229,7 +225,13 @@ bantime_factor = 2
 bantime_maxtime = "800s"
 port = "smtp"
 "#;
-    let config = write_config(dir.path(), journal.path(), &table, jails);
+    let Scene {
+        ns,
+        mut journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("esc", jails);
     journal.append(&Entry::smtpd(
         now_micros(),
         "connect from unknown[198.51.100.1]",
@@ -466,10 +468,6 @@ fn three_addresses_of_one_64_ban_the_whole_prefix() {
     if !root_or_skip("three_addresses_of_one_64_ban_the_whole_prefix") {
         return;
     }
-    let ns = Netns::new();
-    let mut journal = JournalDir::new();
-    let dir = TempDir::new("v6net");
-    let table = unique("t");
     let jails = r#"
 [jail.six]
 failregex = ['lost connection after AUTH from (.*)\[<HOST>\]']
@@ -479,7 +477,13 @@ ipv6_prefix = 64
 ipv6_prefix_threshold = 3
 port = "smtp"
 "#;
-    let config = write_config(dir.path(), journal.path(), &table, jails);
+    let Scene {
+        ns,
+        mut journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("v6net", jails);
     journal.append(&Entry::smtpd(
         now_micros(),
         "connect from unknown[198.51.100.1]",

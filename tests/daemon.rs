@@ -53,6 +53,20 @@ fn tutorial_entries(base: u64) -> Vec<Entry> {
         .collect()
 }
 
+/// Asserts that `jail`'s sets come to hold exactly `want` (the control
+/// address proves the entries were read) and still do 300 ms later.
+fn banned_exactly(ns: &Netns, table: &str, jail: &str, want: &[&str], banjo: &Banjo) {
+    assert!(
+        eventually(Duration::from_secs(5), || banned_ips(ns, table, jail)
+            == sorted(want)),
+        "{:?} {:?}",
+        banned_ips(ns, table, jail),
+        banjo.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(banned_ips(ns, table, jail), sorted(want));
+}
+
 fn flood(ip: &str) -> String {
     format!("lost connection after AUTH from unknown[{ip}]")
 }
@@ -364,15 +378,7 @@ port = "smtp"
     let config = write_config(dir.path(), journal.path(), &table, jails);
     let banjo = Banjo::start(&ns, &config);
     // The control address proves the flood was read.
-    assert!(
-        eventually(Duration::from_secs(5), || banned_ips(&ns, &table, "ign")
-            == sorted(&["198.51.100.9"])),
-        "{:?} {:?}",
-        banned_ips(&ns, &table, "ign"),
-        banjo.log()
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(banned_ips(&ns, &table, "ign"), sorted(&["198.51.100.9"]));
+    banned_exactly(&ns, &table, "ign", &["198.51.100.9"], &banjo);
 }
 
 #[test]
@@ -477,15 +483,7 @@ port = "smtp"
     for addr in ["192.0.2.1", "2001:db8:5::1", "198.51.100.7", "203.0.113.99"] {
         journal.append(&Entry::smtpd(now_micros(), &flood(addr)));
     }
-    assert!(
-        eventually(Duration::from_secs(5), || banned_ips(&ns, &table, "self")
-            == sorted(&["203.0.113.99"])),
-        "{:?} {:?}",
-        banned_ips(&ns, &table, "self"),
-        banjo.log()
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(banned_ips(&ns, &table, "self"), sorted(&["203.0.113.99"]));
+    banned_exactly(&ns, &table, "self", &["203.0.113.99"], &banjo);
 }
 
 #[test]
