@@ -203,8 +203,12 @@ struct Stats {
     not_utf8: u64,
     too_long: u64,
     per_regex: Vec<u64>,
-    hosts: HashMap<String, u64>,
 }
+
+/// Failures per host. Each worker counts its own, and the report adds
+/// them up once at the end: merging per block made the report thread
+/// compete with the workers for the CPU.
+type Hosts = HashMap<String, u64>;
 
 /// Runs `banjo check`.
 pub(crate) fn main(args: &[String]) -> ExitCode {
@@ -253,9 +257,6 @@ impl Stats {
         for (a, b) in self.per_regex.iter_mut().zip(other.per_regex) {
             *a += b;
         }
-        for (h, c) in other.hosts {
-            *self.hosts.entry(h).or_insert(0) += c;
-        }
     }
 }
 
@@ -267,6 +268,7 @@ struct Worker<'a> {
     details: Vec<Detail>,
     jails: JailSet,
     cut: String,
+    hosts: Hosts,
 }
 
 impl<'a> Worker<'a> {
@@ -278,6 +280,7 @@ impl<'a> Worker<'a> {
             details: Vec::new(),
             jails: JailSet::first(1),
             cut: String::new(),
+            hosts: Hosts::new(),
         }
     }
 
@@ -389,7 +392,9 @@ impl<'a> Worker<'a> {
         if let Some(c) = st.per_regex.get_mut(i) {
             *c += 1;
         }
-        let host = d.host.clone().unwrap_or_else(|| match d.hit.outcome {
+        let outcome = d.hit.outcome;
+        let host = self.details.first_mut().and_then(|d| d.host.take());
+        let host = host.unwrap_or_else(|| match outcome {
             Outcome::Failure(ip) => ip.to_string(),
             _ => String::new(),
         });
@@ -400,10 +405,10 @@ impl<'a> Worker<'a> {
             let _ = serde_json::to_writer(&mut *out, &host);
             let _ = writeln!(out, ",\"failregex\":{i}}}");
         }
-        match st.hosts.get_mut(&host) {
+        match self.hosts.get_mut(&host) {
             Some(c) => *c += 1,
             None => {
-                st.hosts.insert(host, 1);
+                self.hosts.insert(host, 1);
             }
         }
     }
@@ -414,6 +419,7 @@ struct Report<'a> {
     s: &'a Setup,
     o: &'a Options,
     stats: Stats,
+    hosts: Hosts,
     out: std::io::BufWriter<std::io::StdoutLock<'static>>,
     start: Instant,
     next_progress: Instant,
@@ -427,6 +433,7 @@ impl<'a> Report<'a> {
             s,
             o,
             stats: Stats::new(s.regexes.len()),
+            hosts: Hosts::new(),
             out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
             start,
             next_progress: start + Duration::from_secs(1),
@@ -455,6 +462,16 @@ impl<'a> Report<'a> {
         Ok(())
     }
 
+    /// Adds a worker's failures per host.
+    fn add_hosts(&mut self, mut hosts: Hosts) {
+        if hosts.len() > self.hosts.len() {
+            std::mem::swap(&mut hosts, &mut self.hosts);
+        }
+        for (h, c) in hosts {
+            *self.hosts.entry(h).or_insert(0) += c;
+        }
+    }
+
     fn finish(mut self) -> std::io::Result<()> {
         let elapsed = self.start.elapsed();
         if self.progress && elapsed >= Duration::from_secs(1) {
@@ -462,8 +479,14 @@ impl<'a> Report<'a> {
         }
         let st = &self.stats;
         let rate = st.read as f64 / elapsed.as_secs_f64().max(1e-9);
-        let mut hosts: Vec<(&String, &u64)> = st.hosts.iter().collect();
-        hosts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let mut hosts: Vec<(&String, &u64)> = self.hosts.iter().collect();
+        // Most failures first; hosts are distinct, so the order is total.
+        let order = |a: &(&String, &u64), b: &(&String, &u64)| b.1.cmp(a.1).then(a.0.cmp(b.0));
+        if !self.o.json && hosts.len() > TOP_HOSTS {
+            hosts.select_nth_unstable_by(TOP_HOSTS, order);
+            hosts.truncate(TOP_HOSTS + 1);
+        }
+        hosts.sort_unstable_by(order);
         if self.o.json {
             let summary = serde_json::json!({"summary": {
                 "lines": st.read, "matched": st.matched, "ignored": st.ignored,
@@ -498,12 +521,13 @@ impl<'a> Report<'a> {
         for (i, (re, c)) in self.s.regexes.iter().zip(&st.per_regex).enumerate() {
             writeln!(out, "  #{i:<3} {c:>10}  {re}")?;
         }
-        writeln!(out, "\nHosts: {} distinct", hosts.len())?;
+        let distinct = self.hosts.len();
+        writeln!(out, "\nHosts: {distinct} distinct")?;
         for (h, c) in hosts.iter().take(TOP_HOSTS) {
             writeln!(out, "  {h:<40} {c:>10}")?;
         }
-        if hosts.len() > TOP_HOSTS {
-            writeln!(out, "  ... {} more", hosts.len() - TOP_HOSTS)?;
+        if distinct > TOP_HOSTS {
+            writeln!(out, "  ... {} more", distinct - TOP_HOSTS)?;
         }
         writeln!(
             out,
@@ -526,6 +550,13 @@ fn syslog_message(rest: &str) -> &str {
         },
         None => t,
     }
+}
+
+/// What a worker sends the report: a block's results, and at the end its
+/// failures per host.
+enum Done {
+    Block(u64, Stats, Vec<u8>),
+    Hosts(Hosts),
 }
 
 fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
@@ -561,13 +592,14 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
             report.add(st, &out).map_err(|e| e.to_string())?;
             out.clear();
         }
+        report.add_hosts(worker.hosts);
         return report.finish().map_err(|e| e.to_string());
     }
     let (to_workers, from_reader) = std::sync::mpsc::sync_channel::<Block>(threads * 2);
     // Only the workers hold the receiving end: when they have all stopped
     // (the output closed), the reader's next send fails and it stops too.
     let from_reader = std::sync::Arc::new(std::sync::Mutex::new(from_reader));
-    let (to_report, results) = std::sync::mpsc::channel::<(u64, Stats, Vec<u8>)>();
+    let (to_report, results) = std::sync::mpsc::channel::<Done>();
     std::thread::scope(|scope| -> Result<(), String> {
         for _ in 0..threads {
             let to_report = to_report.clone();
@@ -579,14 +611,15 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    let Ok(block) = block else { return };
+                    let Ok(block) = block else { break };
                     let mut st = Stats::new(s.regexes.len());
                     let mut out = Vec::new();
                     worker.block(&block, prefilter, &mut st, &mut out);
-                    if to_report.send((block.index, st, out)).is_err() {
+                    if to_report.send(Done::Block(block.index, st, out)).is_err() {
                         return;
                     }
                 }
+                let _ = to_report.send(Done::Hosts(worker.hosts));
             });
         }
         drop(to_report);
@@ -596,7 +629,14 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
             let mut report = Report::new(s, o);
             let mut pending = std::collections::BTreeMap::new();
             let mut next = 0u64;
-            for (index, st, out) in results {
+            for done in results {
+                let (index, st, out) = match done {
+                    Done::Block(index, st, out) => (index, st, out),
+                    Done::Hosts(hosts) => {
+                        report.add_hosts(hosts);
+                        continue;
+                    }
+                };
                 pending.insert(index, (st, out));
                 while let Some((st, out)) = pending.remove(&next) {
                     report.add(st, &out)?;
@@ -786,6 +826,7 @@ fn run_journal(o: &Options, s: &Setup) -> Result<(), String> {
         }
     }
     report.add(st, &out).map_err(|e| e.to_string())?;
+    report.add_hosts(worker.hosts);
     report.finish().map_err(|e| e.to_string())
 }
 

@@ -75,27 +75,84 @@ pub(crate) struct Compiled {
     id: usize,
 }
 
-/// Named groups of one match: name to text (absent: did not take part).
-pub(crate) type Groups = BTreeMap<String, String>;
+/// Named groups of a failure kept across lines (`<F-MLFID>`): name to
+/// text (absent: did not take part).
+type OwnedGroups = BTreeMap<String, String>;
+
+/// Named groups of one line's matches, borrowed from the patterns and the
+/// searched text: no allocation per line. Like fail2ban's dict updates, a
+/// later entry of a name overrides an earlier one (the failregex's groups
+/// come after the prefregex's); a group that did not take part is absent.
+#[derive(Debug, Default)]
+struct Groups<'a>(Vec<Group<'a>>);
+
+#[derive(Clone, Copy, Debug)]
+struct Group<'a> {
+    name: &'a str,
+    /// The text searched and the group's range in it.
+    hay: &'a str,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Groups<'a> {
+    fn push(&mut self, name: &'a str, hay: &'a str, start: usize, end: usize) {
+        if hay.get(start..end).is_some() {
+            self.0.push(Group {
+                name,
+                hay,
+                start,
+                end,
+            });
+        }
+    }
+
+    fn find(&self, name: &str) -> Option<&Group<'a>> {
+        self.0.iter().rev().find(|g| g.name == name)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.find(name).and_then(|g| g.hay.get(g.start..g.end))
+    }
+
+    fn to_owned(&self) -> OwnedGroups {
+        let mut out = OwnedGroups::new();
+        for g in &self.0 {
+            if let Some(v) = g.hay.get(g.start..g.end) {
+                out.insert(g.name.to_string(), v.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// What a pattern is searched for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Use {
+    /// Its groups (prefregex, failregex): the lines it sees are the
+    /// combined matcher's candidates, which it mostly matches.
+    Captures,
+    /// Whether it matches (ignoreregex), mostly on lines it does not.
+    Test,
+}
 
 impl Compiled {
-    fn new(template: &str, id: usize) -> Result<(Compiled, Pattern), String> {
+    fn new(template: &str, id: usize, usage: Use) -> Result<(Compiled, Pattern), String> {
         let expanded = python::expand_tags(template)?;
         let pattern = Pattern::parse(&expanded)?;
+        // A search for groups first finds the match with a lazy DFA, then
+        // runs the backtracker over it. When the pattern is anchored at the
+        // start and the line most likely matches, the backtracker alone
+        // finds the same match sooner (regex-automata falls back to its
+        // PikeVM on lines too long for the backtracker).
+        let backtrack_only = usage == Use::Captures && pattern.starts_anchored();
         let exact = if pattern.is_regular() {
-            let text = pattern.emit(Mode::Exact)?;
-            Some(
-                Regex::builder()
-                    .syntax(syntax_config(false))
-                    .configure(meta::Config::new().utf8_empty(false))
-                    .build(&text)
-                    .map_err(|e| regex_reason(&e))?,
-            )
+            Some(exact_regex(&pattern.emit(Mode::Exact)?, backtrack_only)?)
         } else {
             None
         };
         let relaxed = match (&exact, pattern.lookarounds()) {
-            (None, Some(looks)) => Some(relaxed(&pattern, looks)?),
+            (None, Some(looks)) => Some(relaxed(&pattern, looks, backtrack_only)?),
             _ => None,
         };
         let fancy_text = pattern.emit(Mode::Fancy)?;
@@ -139,23 +196,32 @@ fn build_fancy(text: &str) -> Result<fancy_regex::Regex, String> {
         .map_err(|e| format!("{e}"))
 }
 
-fn exact_regex(text: &str) -> Result<Regex, String> {
+fn exact_regex(text: &str, backtrack_only: bool) -> Result<Regex, String> {
     Regex::builder()
         .syntax(syntax_config(false))
-        .configure(meta::Config::new().utf8_empty(false))
+        .configure(
+            meta::Config::new()
+                .utf8_empty(false)
+                .hybrid(!backtrack_only)
+                .dfa(!backtrack_only),
+        )
         .build(text)
         .map_err(|e| regex_reason(&e))
 }
 
-fn relaxed(pattern: &Pattern, looks: Vec<python::Look>) -> Result<Relaxed, String> {
-    let regex = exact_regex(&pattern.emit(Mode::Relaxed)?)?;
+fn relaxed(
+    pattern: &Pattern,
+    looks: Vec<python::Look>,
+    backtrack_only: bool,
+) -> Result<Relaxed, String> {
+    let regex = exact_regex(&pattern.emit(Mode::Relaxed)?, backtrack_only)?;
     let mut out = Vec::with_capacity(looks.len());
     for (n, look) in looks.into_iter().enumerate() {
         let group = regex
             .group_info()
             .to_index(PatternID::ZERO, &python::look_marker(n))
             .ok_or("internal error: look-around marker missing")?;
-        let body = exact_regex(&look.body)?;
+        let body = exact_regex(&look.body, false)?;
         out.push((group, look, body));
     }
     Ok(Relaxed { regex, looks: out })
@@ -184,7 +250,7 @@ pub(crate) struct State {
 /// A failure being assembled (fail2ban's `fail` dict).
 #[derive(Clone, Debug, Default)]
 struct Fail {
-    groups: Groups,
+    groups: OwnedGroups,
     users: BTreeSet<String>,
     pending: bool,
 }
@@ -203,6 +269,10 @@ pub(crate) struct Found {
 #[derive(Debug)]
 pub(crate) struct ImportedJail {
     prefregex: Option<Compiled>,
+    /// The prefregex ends `<F-CONTENT>.+</F-CONTENT>$` and is compiled
+    /// with a content of one character instead: the content runs from
+    /// there to the end of the line, and the search stops at its start.
+    content_to_end: bool,
     /// (index in the jail's failregex list, pattern).
     fail: Vec<(usize, Compiled)>,
     ignore: Vec<Compiled>,
@@ -260,9 +330,16 @@ impl Imported {
                 index,
                 reason,
             };
-            let pref = match prefregex {
+            // `.+$` after the content's start holds exactly when one
+            // character other than `\n` does: the buffer's only `\n` ends it.
+            let to_end = prefregex
+                .as_deref()
+                .and_then(python::split_content)
+                .filter(|(_, body, post)| *body == ".+" && *post == "$")
+                .map(|(pre, _, _)| format!("{pre}<F-CONTENT>[^\n]</F-CONTENT>"));
+            let pref = match to_end.as_ref().or(prefregex.as_ref()) {
                 Some(p) => {
-                    let (c, _) = Compiled::new(p, next_id).map_err(|r| {
+                    let (c, _) = Compiled::new(p, next_id, Use::Captures).map_err(|r| {
                         err(PatternKind::Failregex, Some(0), format!("prefregex: {r}"))
                     })?;
                     next_id += 1;
@@ -306,7 +383,7 @@ impl Imported {
             let mut fail = Vec::with_capacity(failregex.len());
             let mut pids = Vec::with_capacity(failregex.len());
             for (index, template) in failregex {
-                let (c, pattern) = Compiled::new(template, next_id)
+                let (c, pattern) = Compiled::new(template, next_id, Use::Captures)
                     .map_err(|r| err(PatternKind::Failregex, Some(*index), r))?;
                 next_id += 1;
                 let has_id = FAILURE_ID_GROUPS
@@ -349,7 +426,7 @@ impl Imported {
             }
             let mut ignore = Vec::with_capacity(ignoreregex.len());
             for (i, template) in ignoreregex.iter().enumerate() {
-                let (c, _) = Compiled::new(template, next_id)
+                let (c, _) = Compiled::new(template, next_id, Use::Test)
                     .map_err(|r| err(PatternKind::Ignoreregex, Some(i), r))?;
                 next_id += 1;
                 ignore.push(c);
@@ -357,6 +434,7 @@ impl Imported {
             let early_ignore = !ignore.is_empty() && ignore.len() + 2 < fail.len();
             out.push(ImportedJail {
                 prefregex: pref,
+                content_to_end: to_end.is_some(),
                 fail,
                 ignore,
                 early_ignore,
@@ -473,24 +551,38 @@ impl Imported {
         if jail.early_ignore && jail.ignore.iter().any(|c| is_match(c, state, text)) {
             return None;
         }
-        let mut pre = Groups::new();
-        let mut content_buf = String::new();
-        let mut content_text: Option<Text<'_>> = None;
+        let mut pre = Groups::default();
+        let mut copied = String::new();
+        let mut content: Option<Text<'_>> = None;
         if let Some(p) = &jail.prefregex {
-            pre = captures(p, state, text)?;
-            if let Some(content) = pre.remove("content").filter(|c| !c.is_empty()) {
-                content_buf = content;
-                content_buf.push('\n');
+            if !captures(p, state, text, &mut pre) {
+                return None;
+            }
+            if let Some(i) = pre.0.iter().rposition(|g| g.name == "content") {
+                let g = pre.0.remove(i);
+                if jail.content_to_end {
+                    // The group is the content's first character; the
+                    // content runs from there to the buffer's `\n`.
+                    content = text.str.get(g.start..).map(|str| Text {
+                        bytes: str.as_bytes(),
+                        str,
+                        ascii: text.ascii,
+                    });
+                } else if let Some(c) = g.hay.get(g.start..g.end).filter(|c| !c.is_empty()) {
+                    copied.reserve(c.len() + 1);
+                    copied.push_str(c);
+                    copied.push('\n');
+                }
             }
         }
-        if !content_buf.is_empty() {
-            content_text = Some(Text {
-                bytes: content_buf.as_bytes(),
-                str: &content_buf,
+        if !copied.is_empty() {
+            content = Some(Text {
+                bytes: copied.as_bytes(),
+                str: &copied,
                 ascii: text.ascii,
             });
         }
-        let buf = content_text.as_ref().unwrap_or(text);
+        let buf = content.as_ref().unwrap_or(text);
         for (k, (index, c)) in jail.fail.iter().enumerate() {
             if use_candidates {
                 let listed = jail
@@ -502,9 +594,10 @@ impl Imported {
                     continue;
                 }
             }
-            let Some(groups) = captures(c, state, buf) else {
+            let mut groups = Groups(pre.0.clone());
+            if !captures(c, state, buf, &mut groups) {
                 continue;
-            };
+            }
             if jail.ignore.iter().any(|c| is_match(c, state, buf)) {
                 return Some(Found {
                     failregex: *index,
@@ -512,65 +605,80 @@ impl Imported {
                     host: None,
                 });
             }
-            let mut fail = Fail {
-                groups: pre.clone(),
-                ..Fail::default()
-            };
-            fail.groups.extend(groups);
-            let mlfid = fail.groups.get("mlfid").cloned();
-            let fail = match &mlfid {
-                Some(id) => {
-                    let cache = state.mlfid.get_mut(j)?;
-                    let merged = merge(cache, id, fail);
-                    if truthy(&merged.groups, "nofail").is_some() {
-                        return None;
-                    }
-                    merged
-                }
-                None => {
-                    if truthy(&fail.groups, "nofail").is_some() {
-                        return None;
-                    }
-                    fail
-                }
-            };
-            let g = &fail.groups;
-            let fid = g.get("fid");
-            let (ip, address) = if let Some(ip) = g.get("ip4").or_else(|| g.get("ip6")) {
-                (Some(ip.clone()), ip.parse::<IpAddr>().ok())
-            } else if let Some(dns) = g.get("dns") {
-                (Some(dns.clone()), None)
+            let failure = if groups.get("mlfid").is_some() {
+                let fail = Fail {
+                    groups: groups.to_owned(),
+                    ..Fail::default()
+                };
+                let id = groups.get("mlfid").unwrap_or_default();
+                let cache = state.mlfid.get_mut(j)?;
+                let merged = merge(cache, id, fail);
+                let g = &merged.groups;
+                failure_of(|name| g.get(name).map(String::as_str))
             } else {
-                (fid.cloned(), fid.and_then(|f| f.parse::<IpAddr>().ok()))
+                failure_of(|name| groups.get(name))
             };
-            let Some(ip) = ip else {
-                // An mlfid line without an address yet: pending.
-                if let (Some(id), Some(cache)) = (&mlfid, state.mlfid.get_mut(j)) {
-                    if let Some((_, cached)) = cache.get_mut(id) {
-                        cached.pending = true;
+            return match failure {
+                Failure::Host(host, address) => Some(Found {
+                    failregex: *index,
+                    outcome: address.map_or(Outcome::NotAnAddress, Outcome::Failure),
+                    host: Some(host),
+                }),
+                Failure::NoFail => None,
+                Failure::Pending => {
+                    // An mlfid line without an address yet: pending.
+                    if let (Some(id), Some(cache)) = (groups.get("mlfid"), state.mlfid.get_mut(j)) {
+                        if let Some((_, cached)) = cache.get_mut(id) {
+                            cached.pending = true;
+                        }
                     }
+                    None
                 }
-                return None;
             };
-            let host = match g.get("host") {
-                Some(h) => h.clone(),
-                None => match fid {
-                    Some(f) if *f != ip => f.clone(),
-                    _ => ip.clone(),
-                },
-            };
-            let address = address.map(|a| match a {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
-                v4 => v4,
-            });
-            return Some(Found {
-                failregex: *index,
-                outcome: address.map_or(Outcome::NotAnAddress, Outcome::Failure),
-                host: Some(host),
-            });
         }
         None
     }
+}
+
+/// What a matching line's groups say.
+enum Failure {
+    /// `<F-NOFAIL>`: a hit that is not a failure.
+    NoFail,
+    /// No failure id yet (an `<F-MLFID>` connection's address comes later).
+    Pending,
+    /// The failure id as fail2ban reports it, and the address to count.
+    Host(String, Option<IpAddr>),
+}
+
+/// fail2ban's reading of a failure's groups: the address in `ip4`/`ip6`,
+/// else a host name in `dns`, else the `fid`; `host` names it when set.
+fn failure_of<'g>(get: impl Fn(&str) -> Option<&'g str>) -> Failure {
+    let truthy = |name| get(name).filter(|v: &&str| !v.is_empty());
+    if truthy("nofail").is_some() {
+        return Failure::NoFail;
+    }
+    let fid = get("fid");
+    let (ip, address) = if let Some(ip) = get("ip4").or_else(|| get("ip6")) {
+        (ip, ip.parse::<IpAddr>().ok())
+    } else if let Some(dns) = get("dns") {
+        (dns, None)
+    } else if let Some(fid) = fid {
+        (fid, fid.parse::<IpAddr>().ok())
+    } else {
+        return Failure::Pending;
+    };
+    let host = match get("host") {
+        Some(h) => h,
+        None => match fid {
+            Some(f) if f != ip => f,
+            _ => ip,
+        },
+    };
+    let address = address.map(|a| match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    });
+    Failure::Host(host.to_string(), address)
 }
 
 /// The prefregex text before its content group, as a DFA superset,
@@ -592,7 +700,7 @@ fn is_match(c: &Compiled, state: &mut State, text: &Text<'_>) -> bool {
             return exact.is_match(Input::new(text.bytes));
         }
         if c.relaxed.is_some() {
-            return raw_captures(c, state, text).is_some();
+            return raw_captures(c, state, text, &mut Groups::default());
         }
     }
     c.fancy()
@@ -617,85 +725,93 @@ fn looks_hold(r: &Relaxed, caps: &Captures, hay: &[u8]) -> bool {
     })
 }
 
-/// Searches `c` in `text`; the named groups that took part, with
-/// fail2ban's alternative names folded in (`alt_user`, `alt_user_2`, ...
-/// give `user` when it has no value).
-fn captures(c: &Compiled, state: &mut State, text: &Text<'_>) -> Option<Groups> {
-    let mut out = raw_captures(c, state, text)?;
-    let alts: Vec<(String, String)> = out
-        .iter()
-        .filter_map(|(k, v)| {
-            let base = k.strip_prefix("alt_")?;
-            let base = base.trim_end_matches(|c: char| c.is_ascii_digit());
-            let base = base.strip_suffix('_').unwrap_or(base);
-            let base = match base {
-                "id" => "fid",
-                "port" => "fport",
-                other => other,
-            };
-            Some((base.to_string(), v.clone()))
-        })
-        .collect();
-    for (base, v) in alts {
-        if !v.is_empty() && out.get(&base).map_or(true, String::is_empty) {
-            out.insert(base, v);
+/// Searches `c` in `text` and appends the named groups that took part to
+/// `out`, with fail2ban's alternative names folded in (`alt_user`,
+/// `alt_user_2`, ... give `user` when it has no value). `false`: no match.
+fn captures<'a>(c: &'a Compiled, state: &mut State, text: &Text<'a>, out: &mut Groups<'a>) -> bool {
+    let first = out.0.len();
+    if !raw_captures(c, state, text, out) {
+        return false;
+    }
+    for i in first..out.0.len() {
+        let Some(g) = out.0.get(i).copied() else {
+            break;
+        };
+        let Some(base) = g.name.strip_prefix("alt_") else {
+            continue;
+        };
+        let base = base.trim_end_matches(|c: char| c.is_ascii_digit());
+        let base = base.strip_suffix('_').unwrap_or(base);
+        let base = match base {
+            "id" => "fid",
+            "port" => "fport",
+            other => other,
+        };
+        if g.start < g.end && out.get(base).map_or(true, str::is_empty) {
+            out.0.push(Group { name: base, ..g });
         }
     }
-    Some(out)
+    true
 }
 
-fn raw_captures(c: &Compiled, state: &mut State, text: &Text<'_>) -> Option<Groups> {
-    let mut out = Groups::new();
+fn raw_captures<'a>(
+    c: &'a Compiled,
+    state: &mut State,
+    text: &Text<'a>,
+    out: &mut Groups<'a>,
+) -> bool {
     if text.ascii {
         if let Some(exact) = &c.exact {
-            let slot = state.captures.get_mut(c.id)?;
+            let Some(slot) = state.captures.get_mut(c.id) else {
+                return false;
+            };
             let (cache, caps) =
                 slot.get_or_insert_with(|| (exact.create_cache(), exact.create_captures()));
             exact.search_captures_with(cache, &Input::new(text.bytes), caps);
             if !caps.is_match() {
-                return None;
+                return false;
             }
-            for name in &c.names {
-                if let Some(span) = caps.get_group_by_name(name) {
-                    if let Some(s) = text.str.get(span.range()) {
-                        out.insert(name.clone(), s.to_string());
-                    }
-                }
-            }
-            return Some(out);
+            push_groups(c, caps, text.str, out);
+            return true;
         }
         if let Some(r) = &c.relaxed {
-            let slot = state.captures.get_mut(c.id)?;
+            let Some(slot) = state.captures.get_mut(c.id) else {
+                return false;
+            };
             let (cache, caps) =
                 slot.get_or_insert_with(|| (r.regex.create_cache(), r.regex.create_captures()));
             r.regex
                 .search_captures_with(cache, &Input::new(text.bytes), caps);
             if !caps.is_match() {
-                return None;
+                return false;
             }
             if looks_hold(r, caps, text.bytes) {
-                for name in &c.names {
-                    if let Some(span) = caps.get_group_by_name(name) {
-                        if let Some(s) = text.str.get(span.range()) {
-                            out.insert(name.clone(), s.to_string());
-                        }
-                    }
-                }
-                return Some(out);
+                push_groups(c, caps, text.str, out);
+                return true;
             }
         }
     }
-    let caps = c.fancy()?.captures(text.str).ok()??;
+    let Some(caps) = c.fancy().and_then(|f| f.captures(text.str).ok().flatten()) else {
+        return false;
+    };
     for name in &c.names {
         if let Some(m) = caps.name(name) {
-            out.insert(name.clone(), m.as_str().to_string());
+            out.push(name, text.str, m.start(), m.end());
         }
     }
-    Some(out)
+    true
+}
+
+fn push_groups<'a>(c: &'a Compiled, caps: &Captures, hay: &'a str, out: &mut Groups<'a>) {
+    for name in &c.names {
+        if let Some(span) = caps.get_group_by_name(name) {
+            out.push(name, hay, span.start, span.end);
+        }
+    }
 }
 
 /// A group's text when Python would find it true (present, not empty).
-fn truthy<'a>(g: &'a Groups, key: &str) -> Option<&'a str> {
+fn truthy<'a>(g: &'a OwnedGroups, key: &str) -> Option<&'a str> {
     g.get(key).map(String::as_str).filter(|v| !v.is_empty())
 }
 
