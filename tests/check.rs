@@ -169,3 +169,66 @@ fn a_filter_with_a_prefregex_gives_the_same_answers_both_ways() {
     );
     assert!(fast.iter().any(|v| v["failregex"] == 0), "floods match");
 }
+
+#[test]
+fn lines_that_mostly_match_give_the_same_answers_both_ways() {
+    // Most lines with a literal hit match here, so after its first 2048
+    // such lines each worker stops running the combined DFA before the
+    // exact match (the prefregex, then each failregex in order).
+    let dir = TempDir::new("check");
+    let mut log = String::new();
+    for i in 0..40_000u32 {
+        let (a, b) = (i / 250 % 250, i % 250 + 1);
+        log.push_str(&match i % 8 {
+            0..=3 => format!("Dec 14 09:58:37 mail postfix/smtpd[1]: lost connection after AUTH from unknown[10.{a}.0.{b}]\n"),
+            4 | 5 => format!("Dec 14 09:58:37 mail postfix/smtpd[1]: connect from unknown[10.{a}.1.{b}]\n"),
+            6 => "Dec 14 09:58:39 mail postfix/smtpd[3]: lost connection after DATA from nowhere\n".to_string(),
+            _ => format!("Dec 14 09:58:40 mail postfix/qmgr[4]: {i:08X}: removed\n"),
+        });
+    }
+    let path = dir.path().join("mostly.log");
+    std::fs::write(&path, log).unwrap();
+    let filter = dir.path().join("pref.conf");
+    std::fs::write(
+        &filter,
+        "[Definition]\n\
+         prefregex = ^\\s*\\S+ postfix/smtpd\\[\\d+\\]: <F-CONTENT>.+</F-CONTENT>$\n\
+         failregex = ^lost connection after (?:AUTH|DATA) from [^[]*\\[<HOST>\\]\n\
+         \x20           ^connect from \\S+\\[<HOST>\\]\n",
+    )
+    .unwrap();
+    let (fast, fast_summary) = check_json(&path, &filter, &[]);
+    let (slow, slow_summary) = check_json(&path, &filter, &["--print-missed"]);
+    assert_eq!(fast, slow);
+    assert_eq!(fast_summary, slow_summary);
+    assert_eq!(fast.len(), 30_000);
+    assert_eq!(
+        fast_summary["failregex"],
+        serde_json::json!([20_000, 10_000])
+    );
+    // Without --json the totals are counted without line numbers.
+    let text = |extra: &[&str]| {
+        let out = Command::new(banjo_bin())
+            .arg("check")
+            .arg(&path)
+            .arg("--filter")
+            .arg(&filter)
+            .args(extra)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.lines()
+            .filter(|l| l.starts_with("Lines:") || l.starts_with("Hosts:"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let fast_text = text(&[]);
+    assert_eq!(fast_text, text(&["--print-missed"]));
+    assert_eq!(
+        fast_text,
+        [
+            "Lines: 40000 read, 30000 matched, 0 ignored, 10000 missed",
+            "Hosts: 30000 distinct"
+        ]
+    );
+}

@@ -269,7 +269,14 @@ struct Worker<'a> {
     jails: JailSet,
     cut: String,
     hosts: Hosts,
+    /// Lines with a literal hit, and how many of them matched, until
+    /// [`PROBE_LINES`] have been seen.
+    probe: (u32, u32),
 }
+
+/// After this many lines with a literal hit, a worker decides whether the
+/// filter's combined DFA pass is still worth running on them.
+const PROBE_LINES: u32 = 2048;
 
 impl<'a> Worker<'a> {
     fn new(s: &'a Setup, o: &'a Options) -> Worker<'a> {
@@ -281,6 +288,7 @@ impl<'a> Worker<'a> {
             jails: JailSet::first(1),
             cut: String::new(),
             hosts: Hosts::new(),
+            probe: (0, 0),
         }
     }
 
@@ -306,23 +314,38 @@ impl<'a> Worker<'a> {
             }
             return;
         };
+        // Line numbers are only printed with `--json`: counting the lines
+        // between hits would otherwise go over the block a second time.
+        let numbered = self.o.json;
         let mut n = b.first_line;
         let mut pos = 0;
+        let mut seen = 0u64;
         while let Some(hit) = pf.find(data, pos) {
             let start = memchr::memrchr(b'\n', &data[pos..hit]).map_or(pos, |p| pos + p + 1);
             let end = memchr::memchr(b'\n', &data[hit..]).map_or(data.len(), |p| hit + p);
-            let skipped = memchr::memchr_iter(b'\n', &data[pos..start]).count() as u64;
-            st.read += skipped;
-            st.missed += skipped;
-            n += skipped;
+            if numbered {
+                n += memchr::memchr_iter(b'\n', &data[pos..start]).count() as u64;
+            }
+            seen += 1;
+            let matched = st.matched + st.ignored;
             self.file_line(n, &data[start..end], st, out);
+            if self.probe.0 < PROBE_LINES {
+                self.probe.0 += 1;
+                self.probe.1 += u32::from(st.matched + st.ignored > matched);
+                // When three in four lines with a hit match, the literals
+                // alone are nearly as selective as the DFA pass, and the
+                // pass only adds its cost to the exact match.
+                if self.probe.0 == PROBE_LINES && self.probe.1 * 4 >= PROBE_LINES * 3 {
+                    self.cache.skip_combined_pass();
+                }
+            }
             n += 1;
             pos = end + 1;
             if pos >= data.len() {
                 break;
             }
         }
-        let rest = b.first_line + b.lines - n;
+        let rest = b.lines.saturating_sub(seen);
         st.read += rest;
         st.missed += rest;
     }
@@ -405,12 +428,7 @@ impl<'a> Worker<'a> {
             let _ = serde_json::to_writer(&mut *out, &host);
             let _ = writeln!(out, ",\"failregex\":{i}}}");
         }
-        match self.hosts.get_mut(&host) {
-            Some(c) => *c += 1,
-            None => {
-                self.hosts.insert(host, 1);
-            }
-        }
+        *self.hosts.entry(host).or_insert(0) += 1;
     }
 }
 

@@ -71,6 +71,8 @@ pub(crate) struct Compiled {
     fancy_text: String,
     /// Capture group names, in order.
     names: Vec<String>,
+    /// Each name's group index in `exact` or `relaxed`'s regex.
+    indexes: Vec<Option<usize>>,
     /// Index of [`Compiled`] in the filter's list (for per-thread state).
     id: usize,
 }
@@ -163,6 +165,11 @@ impl Compiled {
             fancy_regex::Expr::parse_tree(&fancy_text).map_err(|e| format!("{e}"))?;
         }
         let names = pattern.group_names();
+        let regex = exact.as_ref().or(relaxed.as_ref().map(|r| &r.regex));
+        let indexes = names
+            .iter()
+            .map(|n| regex.and_then(|r| r.group_info().to_index(PatternID::ZERO, n)))
+            .collect();
         Ok((
             Compiled {
                 exact,
@@ -170,6 +177,7 @@ impl Compiled {
                 fancy,
                 fancy_text,
                 names,
+                indexes,
                 id,
             },
             pattern,
@@ -803,8 +811,8 @@ fn raw_captures<'a>(
 }
 
 fn push_groups<'a>(c: &'a Compiled, caps: &Captures, hay: &'a str, out: &mut Groups<'a>) {
-    for name in &c.names {
-        if let Some(span) = caps.get_group_by_name(name) {
+    for (name, index) in c.names.iter().zip(&c.indexes) {
+        if let Some(span) = index.and_then(|i| caps.get_group(i)) {
             out.push(name, hay, span.start, span.end);
         }
     }

@@ -311,6 +311,18 @@ pub struct Cache {
     imported: Option<imported::State>,
     /// The fail2ban line being matched, `\n` appended.
     line: Vec<u8>,
+    /// See [`Cache::skip_combined_pass`].
+    skip_combined: bool,
+}
+
+impl Cache {
+    /// For a caller whose lines, narrowed down by a [`LinePrefilter`],
+    /// mostly match: fail2ban-dialect jails then match each line exactly
+    /// at once, without first running the combined DFA over it (which
+    /// only pays when it rejects most lines). The outcome is the same.
+    pub fn skip_combined_pass(&mut self) {
+        self.skip_combined = true;
+    }
 }
 
 static NEXT_FILTER_ID: AtomicU64 = AtomicU64::new(0);
@@ -567,6 +579,7 @@ impl Filter {
             touched: Vec::new(),
             imported: self.imported.as_ref().map(Imported::state),
             line: Vec::new(),
+            skip_combined: false,
         }
     }
 
@@ -666,7 +679,7 @@ impl Filter {
             str: &lossy,
             ascii,
         };
-        let use_candidates = ascii && imp.wants_prefilter();
+        let use_candidates = ascii && imp.wants_prefilter() && !cache.skip_combined;
         if use_candidates && !imp.prefilter(state, &text) {
             return;
         }
