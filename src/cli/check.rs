@@ -10,7 +10,6 @@
 //! banjo's filters see MESSAGE. A line that is not UTF-8, or longer than
 //! 1 MiB, is counted and skipped.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,6 +21,7 @@ use crate::filter::{Detail, Filter, LinePrefilter, Outcome};
 use crate::jail::{FilterInput, Jail, JailSet, JournalMatch};
 
 use super::blocks::{Block, BlockReader, MAX_LINE};
+use super::hosts::Hosts;
 use super::{usage, EXIT_CONFIG, EXIT_FAILURE};
 
 /// Hosts listed in the text report.
@@ -205,11 +205,6 @@ struct Stats {
     per_regex: Vec<u64>,
 }
 
-/// Failures per host. Each worker counts its own, and the report adds
-/// them up once at the end: merging per block made the report thread
-/// compete with the workers for the CPU.
-type Hosts = HashMap<String, u64>;
-
 /// Runs `banjo check`.
 pub(crate) fn main(args: &[String]) -> ExitCode {
     let o = match parse_args(args) {
@@ -268,6 +263,8 @@ struct Worker<'a> {
     details: Vec<Detail>,
     jails: JailSet,
     cut: String,
+    /// The worker's own count: the report adds them up once at the end
+    /// (merging per block made the report compete with the workers).
     hosts: Hosts,
     /// Lines with a literal hit, and how many of them matched, until
     /// [`PROBE_LINES`] have been seen.
@@ -287,7 +284,7 @@ impl<'a> Worker<'a> {
             details: Vec::new(),
             jails: JailSet::first(1),
             cut: String::new(),
-            hosts: Hosts::new(),
+            hosts: Hosts::default(),
             probe: (0, 0),
         }
     }
@@ -415,12 +412,15 @@ impl<'a> Worker<'a> {
         if let Some(c) = st.per_regex.get_mut(i) {
             *c += 1;
         }
-        let outcome = d.hit.outcome;
-        let host = self.details.first_mut().and_then(|d| d.host.take());
-        let host = host.unwrap_or_else(|| match outcome {
-            Outcome::Failure(ip) => ip.to_string(),
-            _ => String::new(),
-        });
+        let address = match d.hit.outcome {
+            Outcome::Failure(ip) => Some(ip),
+            _ => None,
+        };
+        let host = match (&d.host, address) {
+            (Some(h), _) => std::borrow::Cow::Borrowed(h.as_str()),
+            (None, Some(ip)) => std::borrow::Cow::Owned(ip.to_string()),
+            (None, None) => std::borrow::Cow::Borrowed(""),
+        };
         if self.o.json {
             // Written by hand: a `json!` object per line costs more than
             // matching the line. Only the host needs escaping.
@@ -428,7 +428,7 @@ impl<'a> Worker<'a> {
             let _ = serde_json::to_writer(&mut *out, &host);
             let _ = writeln!(out, ",\"failregex\":{i}}}");
         }
-        *self.hosts.entry(host).or_insert(0) += 1;
+        self.hosts.count(&host, address);
     }
 }
 
@@ -451,7 +451,7 @@ impl<'a> Report<'a> {
             s,
             o,
             stats: Stats::new(s.regexes.len()),
-            hosts: Hosts::new(),
+            hosts: Hosts::default(),
             out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
             start,
             next_progress: start + Duration::from_secs(1),
@@ -481,13 +481,8 @@ impl<'a> Report<'a> {
     }
 
     /// Adds a worker's failures per host.
-    fn add_hosts(&mut self, mut hosts: Hosts) {
-        if hosts.len() > self.hosts.len() {
-            std::mem::swap(&mut hosts, &mut self.hosts);
-        }
-        for (h, c) in hosts {
-            *self.hosts.entry(h).or_insert(0) += c;
-        }
+    fn add_hosts(&mut self, hosts: Hosts) {
+        self.hosts.merge(hosts);
     }
 
     fn finish(mut self) -> std::io::Result<()> {
@@ -497,21 +492,14 @@ impl<'a> Report<'a> {
         }
         let st = &self.stats;
         let rate = st.read as f64 / elapsed.as_secs_f64().max(1e-9);
-        let mut hosts: Vec<(&String, &u64)> = self.hosts.iter().collect();
-        // Most failures first; hosts are distinct, so the order is total.
-        let order = |a: &(&String, &u64), b: &(&String, &u64)| b.1.cmp(a.1).then(a.0.cmp(b.0));
-        if !self.o.json && hosts.len() > TOP_HOSTS {
-            hosts.select_nth_unstable_by(TOP_HOSTS, order);
-            hosts.truncate(TOP_HOSTS + 1);
-        }
-        hosts.sort_unstable_by(order);
+        let hosts = self.hosts.ranked((!self.o.json).then_some(TOP_HOSTS));
         if self.o.json {
             let summary = serde_json::json!({"summary": {
                 "lines": st.read, "matched": st.matched, "ignored": st.ignored,
                 "missed": st.missed, "skipped_not_utf8": st.not_utf8,
                 "skipped_too_long": st.too_long,
                 "failregex": st.per_regex,
-                "hosts": hosts.iter().map(|(h, c)| serde_json::json!({"host": h, "count": c})).collect::<Vec<_>>(),
+                "hosts": hosts.iter().map(|(h, c)| serde_json::json!({"host": h.as_str(), "count": c})).collect::<Vec<_>>(),
                 "elapsed_s": elapsed.as_secs_f64(), "lines_per_s": rate,
             }});
             writeln!(self.out, "{summary}")?;
@@ -541,8 +529,8 @@ impl<'a> Report<'a> {
         }
         let distinct = self.hosts.len();
         writeln!(out, "\nHosts: {distinct} distinct")?;
-        for (h, c) in hosts.iter().take(TOP_HOSTS) {
-            writeln!(out, "  {h:<40} {c:>10}")?;
+        for (h, c) in &hosts {
+            writeln!(out, "  {:<40} {c:>10}", h.as_str())?;
         }
         if distinct > TOP_HOSTS {
             writeln!(out, "  ... {} more", distinct - TOP_HOSTS)?;

@@ -8,6 +8,7 @@
 mod blocks;
 mod check;
 mod control;
+mod hosts;
 mod import;
 
 use std::path::PathBuf;
