@@ -31,6 +31,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use regex_automata::meta::{self, Regex};
+use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
 
@@ -256,6 +257,8 @@ pub(crate) struct State {
     mlfid: Vec<HashMap<String, (Instant, Fail)>>,
     all: Option<meta::Cache>,
     set: Option<PatternSet>,
+    /// Per imported jail: the cache of its `content_end`.
+    ends: Vec<Option<meta::Cache>>,
 }
 
 /// A failure being assembled (fail2ban's `fail` dict).
@@ -284,6 +287,11 @@ pub(crate) struct ImportedJail {
     /// with a content of one character instead: the content runs from
     /// there to the end of the line, and the search stops at its start.
     content_to_end: bool,
+    /// With `content_to_end`, when the prefregex is regular and has no
+    /// other group: the same pattern without groups. The end of its
+    /// leftmost-first match, found by a lazy DFA, is one past the
+    /// content's start, since that is where a backtracker's match ends.
+    content_end: Option<Regex>,
     /// (index in the jail's failregex list, pattern).
     fail: Vec<(usize, Compiled)>,
     ignore: Vec<Compiled>,
@@ -348,11 +356,27 @@ impl Imported {
                 .and_then(python::split_content)
                 .filter(|(_, body, post)| *body == ".+" && *post == "$")
                 .map(|(pre, _, _)| format!("{pre}<F-CONTENT>[^\n]</F-CONTENT>"));
+            let mut content_end = None;
             let pref = match to_end.as_ref().or(prefregex.as_ref()) {
                 Some(p) => {
-                    let (c, _) = Compiled::new(p, next_id, Odds::Likely).map_err(|r| {
-                        err(PatternKind::Failregex, Some(0), format!("prefregex: {r}"))
-                    })?;
+                    let prefregex_err =
+                        |r| err(PatternKind::Failregex, Some(0), format!("prefregex: {r}"));
+                    let (c, pattern) =
+                        Compiled::new(p, next_id, Odds::Likely).map_err(prefregex_err)?;
+                    if to_end.is_some() && c.exact.is_some() && c.names == ["content"] {
+                        let text = pattern.emit(Mode::Exact).map_err(prefregex_err)?;
+                        content_end = Some(
+                            Regex::builder()
+                                .syntax(syntax_config(false))
+                                .configure(
+                                    meta::Config::new()
+                                        .utf8_empty(false)
+                                        .which_captures(WhichCaptures::Implicit),
+                                )
+                                .build(&text)
+                                .map_err(|e| prefregex_err(regex_reason(&e)))?,
+                        );
+                    }
                     next_id += 1;
                     Some(c)
                 }
@@ -446,6 +470,7 @@ impl Imported {
             out.push(ImportedJail {
                 prefregex: pref,
                 content_to_end: to_end.is_some(),
+                content_end,
                 fail,
                 ignore,
                 early_ignore,
@@ -517,6 +542,7 @@ impl Imported {
             mlfid: (0..self.jails.len()).map(|_| HashMap::new()).collect(),
             all: self.all.as_ref().map(Regex::create_cache),
             set: self.all.as_ref().map(|a| PatternSet::new(a.pattern_len())),
+            ends: (0..self.jails.len()).map(|_| None).collect(),
         }
     }
 
@@ -565,7 +591,17 @@ impl Imported {
         let mut pre = Groups::default();
         let mut copied = String::new();
         let mut content: Option<Text<'_>> = None;
-        if let Some(p) = &jail.prefregex {
+        if let (Some(end), true) = (&jail.content_end, text.ascii) {
+            let cache = state.ends.get_mut(j)?;
+            let cache = cache.get_or_insert_with(|| end.create_cache());
+            let half = end.search_half_with(cache, &Input::new(text.bytes))?;
+            let start = half.offset().checked_sub(1)?;
+            content = text.str.get(start..).map(|str| Text {
+                bytes: str.as_bytes(),
+                str,
+                ascii: true,
+            });
+        } else if let Some(p) = &jail.prefregex {
             if !captures(p, state, text, &mut pre) {
                 return None;
             }
