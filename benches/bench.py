@@ -726,7 +726,7 @@ class Bench:
             for r in range(self.a.runs):
                 # banjo
                 if check:
-                    argv = [self.banjo, "check", log, "--filter", fconf, "--json"]
+                    argv = [self.banjo, "check", log, "--filter", fconf]
                 else:
                     argv = [self.tool, "scan-file", "--file", log, "--config", banjo_confs[fname]]
                 t, out = timed(argv)
