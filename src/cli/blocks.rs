@@ -10,8 +10,10 @@ use std::io::Read;
 
 /// Lines longer than this (bytes before the `\n`) are counted and skipped.
 pub(crate) const MAX_LINE: usize = 1 << 20;
-/// The size a block is filled to.
-const BLOCK_BYTES: usize = 1 << 18;
+/// The size a block is filled to: large enough that handing blocks to
+/// the workers costs little (256 KiB blocks spent a tenth of the time in
+/// thread wake-ups and fresh pages), small enough to keep two busy.
+const BLOCK_BYTES: usize = 1 << 20;
 
 /// Whole lines, in input order.
 #[derive(Debug, Default)]
@@ -193,7 +195,8 @@ mod tests {
     fn long_input_is_cut_between_lines() {
         let line = vec![b'x'; 999];
         let mut input = Vec::new();
-        for _ in 0..1000 {
+        let n = 3 * BLOCK_BYTES / 1000;
+        for _ in 0..n {
             input.extend_from_slice(&line);
             input.push(b'\n');
         }
@@ -205,7 +208,7 @@ mod tests {
             assert!(text.split('|').all(|l| l.len() == 999));
             next += lines;
         }
-        assert_eq!(next, 1001);
+        assert_eq!(next, n as u64 + 1);
     }
 
     #[test]
