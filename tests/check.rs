@@ -146,11 +146,9 @@ fn the_literal_search_changes_no_answer() {
     assert_eq!(fast.len(), floods);
 }
 
-#[test]
-fn a_filter_with_a_prefregex_gives_the_same_answers_both_ways() {
-    let dir = TempDir::new("check");
-    let log = awkward_log(dir.path());
-    let filter = dir.path().join("pref.conf");
+/// A filter with a prefregex and two failregexes, written into `dir`.
+fn prefregex_filter(dir: &Path) -> PathBuf {
+    let filter = dir.join("pref.conf");
     std::fs::write(
         &filter,
         "[Definition]\n\
@@ -159,6 +157,14 @@ fn a_filter_with_a_prefregex_gives_the_same_answers_both_ways() {
          \x20           ^connect from \\S+\\[<HOST>\\]\n",
     )
     .unwrap();
+    filter
+}
+
+#[test]
+fn a_filter_with_a_prefregex_gives_the_same_answers_both_ways() {
+    let dir = TempDir::new("check");
+    let log = awkward_log(dir.path());
+    let filter = prefregex_filter(dir.path());
     let (fast, fast_summary) = check_json(&log, &filter, &[]);
     let (slow, slow_summary) = check_json(&log, &filter, &["--print-missed"]);
     assert_eq!(fast, slow);
@@ -188,15 +194,7 @@ fn lines_that_mostly_match_give_the_same_answers_both_ways() {
     }
     let path = dir.path().join("mostly.log");
     std::fs::write(&path, log).unwrap();
-    let filter = dir.path().join("pref.conf");
-    std::fs::write(
-        &filter,
-        "[Definition]\n\
-         prefregex = ^\\s*\\S+ postfix/smtpd\\[\\d+\\]: <F-CONTENT>.+</F-CONTENT>$\n\
-         failregex = ^lost connection after (?:AUTH|DATA) from [^[]*\\[<HOST>\\]\n\
-         \x20           ^connect from \\S+\\[<HOST>\\]\n",
-    )
-    .unwrap();
+    let filter = prefregex_filter(dir.path());
     let (fast, fast_summary) = check_json(&path, &filter, &[]);
     let (slow, slow_summary) = check_json(&path, &filter, &["--print-missed"]);
     assert_eq!(fast, slow);
