@@ -31,7 +31,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use regex_automata::meta::{self, Regex};
-use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
 
@@ -288,8 +287,8 @@ pub(crate) struct ImportedJail {
     /// there to the end of the line, and the search stops at its start.
     content_to_end: bool,
     /// With `content_to_end`, when the prefregex is regular and has no
-    /// other group: the same pattern without groups. The end of its
-    /// leftmost-first match, found by a lazy DFA, is one past the
+    /// other group: the same pattern, searched without groups. The end of
+    /// its leftmost-first match, found by a lazy DFA, is one past the
     /// content's start, since that is where a backtracker's match ends.
     content_end: Option<Regex>,
     /// (index in the jail's failregex list, pattern).
@@ -365,17 +364,7 @@ impl Imported {
                         Compiled::new(p, next_id, Odds::Likely).map_err(prefregex_err)?;
                     if to_end.is_some() && c.exact.is_some() && c.names == ["content"] {
                         let text = pattern.emit(Mode::Exact).map_err(prefregex_err)?;
-                        content_end = Some(
-                            Regex::builder()
-                                .syntax(syntax_config(false))
-                                .configure(
-                                    meta::Config::new()
-                                        .utf8_empty(false)
-                                        .which_captures(WhichCaptures::Implicit),
-                                )
-                                .build(&text)
-                                .map_err(|e| prefregex_err(regex_reason(&e)))?,
-                        );
+                        content_end = Some(exact_regex(&text, false).map_err(prefregex_err)?);
                     }
                     next_id += 1;
                     Some(c)
