@@ -79,10 +79,7 @@ fn status_ban_unban_stats_through_the_socket() {
         table,
         config,
     } = Scene::new("ctl", JAILS);
-    journal.append(&Entry::smtpd(
-        now_micros(),
-        "connect from unknown[198.51.100.1]",
-    ));
+    journal.start_live();
     let _banjo = Banjo::start(&ns, &config);
     journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.5")));
     journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.6")));
@@ -232,10 +229,7 @@ port = "smtp"
         table,
         config,
     } = Scene::new("esc", jails);
-    journal.append(&Entry::smtpd(
-        now_micros(),
-        "connect from unknown[198.51.100.1]",
-    ));
+    journal.start_live();
     let _banjo = Banjo::start(&ns, &config);
     // 100 × 1 × 2, then 100 × 3 × 2, then 100 × 5 × 2 = 1000 capped at 800.
     for want in [200, 600, 800] {
@@ -319,10 +313,7 @@ fn reload_keeps_the_old_config_on_error_and_applies_a_good_one() {
         config,
     } = Scene::new("reload", JAILS);
     let good = std::fs::read_to_string(&config).unwrap();
-    journal.append(&Entry::smtpd(
-        now_micros(),
-        "connect from unknown[198.51.100.1]",
-    ));
+    journal.start_live();
     let mut banjo = Banjo::start(&ns, &config);
     assert_eq!(cli(&config, &["ban", "mail", "203.0.113.70"]).0, 0);
 
@@ -484,10 +475,7 @@ port = "smtp"
         table,
         config,
     } = Scene::new("v6net", jails);
-    journal.append(&Entry::smtpd(
-        now_micros(),
-        "connect from unknown[198.51.100.1]",
-    ));
+    journal.start_live();
     let _banjo = Banjo::start(&ns, &config);
     for a in ["2001:db8:7::1", "2001:db8:7::2", "2001:db8:8::1"] {
         journal.append(&Entry::smtpd(now_micros(), &flood(a)));

@@ -194,12 +194,7 @@ fn live_follow_bans_within_milliseconds_of_the_write() {
         table,
         config,
     } = Scene::new("live", LIVE_JAIL);
-    // Start the live file before banjo so the first append is not also
-    // the file's creation.
-    journal.append(&Entry::smtpd(
-        now_micros(),
-        "connect from unknown[198.51.100.1]",
-    ));
+    journal.start_live();
     let banjo = Banjo::start(&ns, &config);
     let watcher = SetWatcher::new(&ns, &table, "live");
 
@@ -249,10 +244,7 @@ fn sigkill_and_restart_keeps_bans_and_counts_exactly() {
         table,
         config,
     } = Scene::new("restart", RESTART_JAIL);
-    journal.append(&Entry::smtpd(
-        now_micros(),
-        "connect from unknown[198.51.100.1]",
-    ));
+    journal.start_live();
     let mut banjo = Banjo::start(&ns, &config);
 
     for _ in 0..3 {
@@ -472,10 +464,7 @@ port = "smtp"
         list.display()
     );
     let config = write_config(dir.path(), journal.path(), &table, &jails);
-    journal.append(&Entry::smtpd(
-        now_micros(),
-        "connect from unknown[198.51.100.1]",
-    ));
+    journal.start_live();
     let banjo = Banjo::start(&ns, &config);
     // An address added while banjo runs is protected at once.
     ns.exec("ip", &["addr", "add", "2001:db8:5::1/64", "dev", "d0"]);
@@ -591,10 +580,7 @@ port = "smtp"
         filters.display()
     );
     let config = write_config(dir.path(), journal.path(), &table, &jails);
-    journal.append(&Entry::smtpd(
-        now_micros(),
-        "connect from unknown[198.51.100.1]",
-    ));
+    journal.start_live();
     let banjo = Banjo::start(&ns, &config);
     for _ in 0..3 {
         journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.77")));
