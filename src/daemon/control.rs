@@ -151,7 +151,9 @@ impl Daemon {
         for ban in &bans {
             self.log_ban(p, ban, true);
         }
-        self.flush_prefixes(p).map_err(|e| e.to_string())?;
+        let sent = self.send_prefixes(p).map_err(|e| e.to_string());
+        self.write_log(p);
+        sent?;
         self.dirty = true;
         Ok(json!({
             "banned": bans.iter().map(|b| json!({

@@ -922,15 +922,6 @@ impl Daemon {
         tracing::warn!(message_id = log::UNBAN, jail, ip = %what, "[{jail}] Unban {what}{how}");
     }
 
-    /// Applies the prefix bans the tracker decided, and logs them.
-    fn flush_prefixes(&mut self, p: &mut Pipeline) -> Result<(), Error> {
-        self.send_prefixes(p)?;
-        for b in std::mem::take(&mut self.added_prefixes) {
-            self.log_prefix_ban(p, &b);
-        }
-        Ok(())
-    }
-
     /// Applies the prefix bans the tracker decided; their lines wait in
     /// `added_prefixes`.
     fn send_prefixes(&mut self, p: &mut Pipeline) -> Result<(), Error> {

@@ -311,8 +311,11 @@ pub struct Cache {
     imported: Option<imported::State>,
     /// The fail2ban line being matched, `\n` appended.
     line: Vec<u8>,
-    /// See [`Cache::skip_combined_pass`].
-    skip_combined: bool,
+    /// Whether fail2ban-dialect jails run the combined DFA over an ASCII
+    /// line before matching it exactly: the filter's judgement at first
+    /// (see `Imported::wants_prefilter`), a caller's after
+    /// [`Cache::skip_combined_pass`].
+    combined_pass: bool,
 }
 
 impl Cache {
@@ -321,7 +324,7 @@ impl Cache {
     /// at once, without first running the combined DFA over it (which
     /// only pays when it rejects most lines). The outcome is the same.
     pub fn skip_combined_pass(&mut self) {
-        self.skip_combined = true;
+        self.combined_pass = false;
     }
 }
 
@@ -579,7 +582,10 @@ impl Filter {
             touched: Vec::new(),
             imported: self.imported.as_ref().map(Imported::state),
             line: Vec::new(),
-            skip_combined: false,
+            combined_pass: self
+                .imported
+                .as_ref()
+                .is_some_and(Imported::wants_prefilter),
         }
     }
 
@@ -679,7 +685,7 @@ impl Filter {
             str: &lossy,
             ascii,
         };
-        let use_candidates = ascii && imp.wants_prefilter() && !cache.skip_combined;
+        let use_candidates = ascii && cache.combined_pass;
         if use_candidates && !imp.prefilter(state, &text) {
             return;
         }
