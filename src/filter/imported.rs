@@ -248,6 +248,17 @@ pub(crate) struct Text<'a> {
     pub(crate) ascii: bool,
 }
 
+impl<'a> Text<'a> {
+    /// The buffer from `start` on (its `\n` included).
+    fn tail(&self, start: usize) -> Option<Text<'a>> {
+        self.str.get(start..).map(|str| Text {
+            bytes: str.as_bytes(),
+            str,
+            ascii: self.ascii,
+        })
+    }
+}
+
 /// Per-thread search state of the imported jails.
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -584,12 +595,7 @@ impl Imported {
             let cache = state.ends.get_mut(j)?;
             let cache = cache.get_or_insert_with(|| end.create_cache());
             let half = end.search_half_with(cache, &Input::new(text.bytes))?;
-            let start = half.offset().checked_sub(1)?;
-            content = text.str.get(start..).map(|str| Text {
-                bytes: str.as_bytes(),
-                str,
-                ascii: true,
-            });
+            content = text.tail(half.offset().checked_sub(1)?);
         } else if let Some(p) = &jail.prefregex {
             if !captures(p, state, text, &mut pre) {
                 return None;
@@ -599,11 +605,7 @@ impl Imported {
                 if jail.content_to_end {
                     // The group is the content's first character; the
                     // content runs from there to the buffer's `\n`.
-                    content = text.str.get(g.start..).map(|str| Text {
-                        bytes: str.as_bytes(),
-                        str,
-                        ascii: text.ascii,
-                    });
+                    content = text.tail(g.start);
                 } else if let Some(c) = g.hay.get(g.start..g.end).filter(|c| !c.is_empty()) {
                     copied.reserve(c.len() + 1);
                     copied.push_str(c);
@@ -619,6 +621,9 @@ impl Imported {
             });
         }
         let buf = content.as_ref().unwrap_or(text);
+        // Each failregex's groups go after the prefregex's, in one buffer.
+        let mut groups = pre;
+        let pre_len = groups.0.len();
         for (k, (index, c)) in jail.fail.iter().enumerate() {
             if use_candidates {
                 let listed = jail
@@ -630,7 +635,7 @@ impl Imported {
                     continue;
                 }
             }
-            let mut groups = Groups(pre.0.clone());
+            groups.0.truncate(pre_len);
             if !captures(c, state, buf, &mut groups) {
                 continue;
             }
