@@ -324,18 +324,9 @@ impl<'a> Worker<'a> {
                 n += memchr::memchr_iter(b'\n', &data[pos..start]).count() as u64;
             }
             seen += 1;
-            let matched = st.matched + st.ignored;
+            let before = st.matched + st.ignored;
             self.file_line(n, &data[start..end], st, out);
-            if self.probe.0 < PROBE_LINES {
-                self.probe.0 += 1;
-                self.probe.1 += u32::from(st.matched + st.ignored > matched);
-                // When three in four lines with a hit match, the literals
-                // alone are nearly as selective as the DFA pass, and the
-                // pass only adds its cost to the exact match.
-                if self.probe.0 == PROBE_LINES && self.probe.1 * 4 >= PROBE_LINES * 3 {
-                    self.cache.skip_combined_pass();
-                }
-            }
+            self.probe(st.matched + st.ignored > before);
             n += 1;
             pos = end + 1;
             if pos >= data.len() {
@@ -345,6 +336,21 @@ impl<'a> Worker<'a> {
         let rest = b.lines.saturating_sub(seen);
         st.read += rest;
         st.missed += rest;
+    }
+
+    /// Counts a line with a literal hit toward the probe. When three in
+    /// four such lines match, the literals alone are nearly as selective
+    /// as the combined DFA pass, which then only adds its cost.
+    fn probe(&mut self, matched: bool) {
+        let (lines, hits) = &mut self.probe;
+        if *lines == PROBE_LINES {
+            return;
+        }
+        *lines += 1;
+        *hits += u32::from(matched);
+        if *lines == PROBE_LINES && *hits * 4 >= PROBE_LINES * 3 {
+            self.cache.skip_combined_pass();
+        }
     }
 
     /// One line of a log file.
@@ -480,11 +486,6 @@ impl<'a> Report<'a> {
         Ok(())
     }
 
-    /// Adds a worker's failures per host.
-    fn add_hosts(&mut self, hosts: Hosts) {
-        self.hosts.merge(hosts);
-    }
-
     fn finish(mut self) -> std::io::Result<()> {
         let elapsed = self.start.elapsed();
         if self.progress && elapsed >= Duration::from_secs(1) {
@@ -598,7 +599,7 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
             report.add(st, &out).map_err(|e| e.to_string())?;
             out.clear();
         }
-        report.add_hosts(worker.hosts);
+        report.hosts.merge(worker.hosts);
         return report.finish().map_err(|e| e.to_string());
     }
     let (to_workers, from_reader) = std::sync::mpsc::sync_channel::<Block>(threads * 2);
@@ -639,7 +640,7 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
                 let (index, st, out) = match done {
                     Done::Block(index, st, out) => (index, st, out),
                     Done::Hosts(hosts) => {
-                        report.add_hosts(hosts);
+                        report.hosts.merge(hosts);
                         continue;
                     }
                 };
@@ -832,7 +833,7 @@ fn run_journal(o: &Options, s: &Setup) -> Result<(), String> {
         }
     }
     report.add(st, &out).map_err(|e| e.to_string())?;
-    report.add_hosts(worker.hosts);
+    report.hosts.merge(worker.hosts);
     report.finish().map_err(|e| e.to_string())
 }
 
