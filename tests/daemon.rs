@@ -174,6 +174,66 @@ fn seed_replay_bans_exactly_the_addresses_over_maxretry() {
     assert!(banjo.stop().success());
 }
 
+/// A backlog dense with bans: while it is read, batches go to the
+/// committer thread as they fill, and the drain waits for them at its end.
+/// Every address must land exactly once, its lines logged, and the watch
+/// must not take the thread's changes for someone else's.
+#[test]
+fn a_backlog_of_thousands_of_bans_lands_completely() {
+    if !root_or_skip("a_backlog_of_thousands_of_bans_lands_completely") {
+        return;
+    }
+    let Scene {
+        ns,
+        journal,
+        dir: _dir,
+        table,
+        config,
+    } = Scene::new("backlog", LIVE_JAIL);
+    let base = now_micros() - 60 * S;
+    let mut want: Vec<IpAddr> = (0..4000u32)
+        .map(|i| ip(&format!("198.18.{}.{}", i / 250, 1 + i % 250)))
+        .chain((0..1000u32).map(|i| ip(&format!("2001:db8::{:x}", i + 1))))
+        .collect();
+    // Every address's first failure, then every address's second: the
+    // second half of the file is one ban per entry.
+    let entries: Vec<Entry> = (0..2u64)
+        .flat_map(|round| {
+            want.iter().enumerate().map(move |(i, addr)| {
+                Entry::smtpd(base + round * S + i as u64, &flood(&addr.to_string()))
+            })
+        })
+        .collect();
+    journal.write_file("backlog", &entries);
+    let banjo = Banjo::start(&ns, &config);
+
+    want.sort();
+    assert!(
+        eventually(Duration::from_secs(20), || banned_ips(&ns, &table, "live")
+            .len()
+            >= want.len()),
+        "{} of {} banned",
+        banned_ips(&ns, &table, "live").len(),
+        want.len()
+    );
+    assert_eq!(banned_ips(&ns, &table, "live"), want);
+    // The lines follow the bans.
+    let counts = || {
+        let log = banjo.log();
+        let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
+        (count("[live] Ban "), count("[live] Found "))
+    };
+    let logged = (want.len(), 2 * want.len());
+    eventually(Duration::from_secs(10), || counts() == logged);
+    assert_eq!(counts(), logged);
+    let log = banjo.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("behind banjo's back") || l.contains("ERROR")),
+        "{log:?}"
+    );
+}
+
 const LIVE_JAIL: &str = r#"
 [jail.live]
 failregex = ['lost connection after AUTH from (.*)\[<HOST>\]']

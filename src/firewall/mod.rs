@@ -313,6 +313,8 @@ pub struct Firewall {
     sock: Socket,
     /// The socket's netlink port id: notifications of our own changes carry it.
     portid: u32,
+    /// The port ids of this firewall's siblings, whose changes are ours too.
+    sibling_ports: Vec<u32>,
     table: String,
     /// Jail names by [`JailId`], from the last [`Firewall::setup`].
     jails: JailNames,
@@ -348,6 +350,7 @@ impl Firewall {
         let mut fw = Firewall {
             sock,
             portid,
+            sibling_ports: Vec::new(),
             table: table.into(),
             jails: Arc::default(),
             rules: None,
@@ -458,23 +461,37 @@ impl Firewall {
     }
 
     fn open_watch(&self, filter_own: bool) -> Result<Watch, Error> {
-        let listener =
-            Listener::open(filter_own.then_some(self.portid)).map_err(|(step, errno)| {
-                if means_unsupported(errno) && errno != Errno::ENOENT {
-                    Error::Unsupported {
-                        step: step.into(),
-                        errno,
-                    }
-                } else {
-                    kernel_error(step.into(), errno)
+        let mut own_ports = vec![self.portid];
+        own_ports.extend_from_slice(&self.sibling_ports);
+        let filtered: &[u32] = if filter_own { &own_ports } else { &[] };
+        let listener = Listener::open(filtered).map_err(|(step, errno)| {
+            if means_unsupported(errno) && errno != Errno::ENOENT {
+                Error::Unsupported {
+                    step: step.into(),
+                    errno,
                 }
-            })?;
+            } else {
+                kernel_error(step.into(), errno)
+            }
+        })?;
         Ok(Watch::new(
             listener,
-            self.portid,
+            own_ports,
             self.table.clone(),
             Arc::clone(&self.jails),
         ))
+    }
+
+    /// A second handle on the same table over a socket of its own, for
+    /// another thread: it names jails as this firewall's latest setup does,
+    /// and watches opened from this firewall afterwards count its changes
+    /// as their own. Open siblings before the watch.
+    pub fn sibling(&mut self) -> Result<Firewall, Error> {
+        let mut sibling = Firewall::open(&self.table)?;
+        sibling.jails = Arc::clone(&self.jails);
+        sibling.update_in_place = self.update_in_place;
+        self.sibling_ports.push(sibling.portid);
+        Ok(sibling)
     }
 
     /// Whether the table, its chain (with as many rules as the last setup
@@ -1800,6 +1817,54 @@ mod tests {
             assert!(matches!(err, Error::PermissionDenied { .. }), "{err}");
             assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
             println!("{err}");
+        });
+    }
+
+    #[test]
+    fn root_a_siblings_changes_count_as_our_own() {
+        in_netns(|| {
+            let jails = two_jails();
+            let mut fw = Firewall::open(TABLE).unwrap();
+            fw.setup(&jails).unwrap();
+            let mut first = fw.sibling().unwrap();
+            let mut second = fw.sibling().unwrap();
+            let mut watch = fw.watch().unwrap();
+            let mut unfiltered = fw.open_watch(false).unwrap();
+
+            // The siblings name jails as the firewall's setup does.
+            first
+                .add(&[
+                    ban(MAIL, "192.0.2.1", Some(600)),
+                    ban(ALL, "2001:db8::1", None),
+                ])
+                .unwrap();
+            second.add(&[ban(MAIL, "192.0.2.2", Some(600))]).unwrap();
+            second.remove(MAIL, &[ip("192.0.2.1")]).unwrap();
+            let mail: Vec<IpAddr> = fw.list(MAIL).unwrap().iter().map(|l| l.ip).collect();
+            assert_eq!(mail, vec![ip("192.0.2.2")]);
+            assert_eq!(fw.list(ALL).unwrap().len(), 1);
+
+            // Neither sibling's additions nor its deletions pass the
+            // kernel's filter, nor the port check behind it.
+            assert!(readable(&unfiltered), "no notifications at all?");
+            assert_eq!(unfiltered.read().unwrap(), vec![]);
+            assert!(
+                !readable(&watch),
+                "the socket filter let a sibling's through"
+            );
+
+            // Someone else's deletion still does.
+            nft(&format!(
+                "delete element inet {TABLE} mail_v4 {{ 192.0.2.2 }}"
+            ));
+            assert!(readable(&watch));
+            assert_eq!(
+                watch.read().unwrap(),
+                vec![Change::ElementsDeleted {
+                    jail: MAIL,
+                    ips: vec![ip("192.0.2.2")]
+                }]
+            );
         });
     }
 

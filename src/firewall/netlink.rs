@@ -839,12 +839,12 @@ const BPF_JMP_JEQ_K: u16 = 0x15;
 const BPF_RET_K: u16 = 0x06;
 
 impl Listener {
-    /// Opens the socket and joins the group. With `ignore_port`, a socket
-    /// filter drops in the kernel every notification caused by that port
-    /// (one transaction's notifications share one port id, and the kernel
-    /// packs them into datagrams of one transaction only), so banjo's own
-    /// bulk bans never fill the receive buffer.
-    pub(crate) fn open(ignore_port: Option<u32>) -> Result<Listener, (&'static str, Errno)> {
+    /// Opens the socket and joins the group. A socket filter drops in the
+    /// kernel every notification caused by one of `ignore_ports` (one
+    /// transaction's notifications share one port id, and the kernel packs
+    /// them into datagrams of one transaction only), so banjo's own bulk
+    /// bans never fill the receive buffer.
+    pub(crate) fn open(ignore_ports: &[u32]) -> Result<Listener, (&'static str, Errno)> {
         let fd = socket::socket(
             AddressFamily::Netlink,
             SockType::Raw,
@@ -852,8 +852,8 @@ impl Listener {
             SockProtocol::NetlinkNetFilter,
         )
         .map_err(|e| ("opening a NETLINK_NETFILTER socket for notifications", e))?;
-        if let Some(port) = ignore_port {
-            attach_port_filter(&fd, port)
+        if !ignore_ports.is_empty() {
+            attach_port_filter(&fd, ignore_ports)
                 .map_err(|e| ("attaching the notification socket filter", e))?;
         }
         if socket::setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
@@ -899,38 +899,29 @@ impl AsFd for Listener {
 }
 
 /// Attaches a classic BPF filter that drops datagrams whose first
-/// `nlmsg_pid` is `port`. BPF loads are big-endian while netlink headers
-/// are in host order, hence the byte swap of the constant.
-fn attach_port_filter(fd: &OwnedFd, port: u32) -> Result<(), Errno> {
-    let pid_be = u32::from_be_bytes(port.to_ne_bytes());
-    let mut program = [
-        // A = nlmsg_pid (offset 12 of struct nlmsghdr)
-        libc::sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 12,
-        },
-        // if A == port goto drop else goto accept
-        libc::sock_filter {
+/// `nlmsg_pid` is one of `ports`. BPF loads are big-endian while netlink
+/// headers are in host order, hence the byte swap of the constants.
+fn attach_port_filter(fd: &OwnedFd, ports: &[u32]) -> Result<(), Errno> {
+    let n = u8::try_from(ports.len()).map_err(|_| Errno::EINVAL)?;
+    let stmt = |code, k| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // A = nlmsg_pid (offset 12 of struct nlmsghdr)
+    let mut program = vec![stmt(BPF_LD_W_ABS, 12)];
+    // if A == ports[i] goto drop (past the remaining tests and accept)
+    for (i, port) in (0u8..).zip(ports) {
+        program.push(libc::sock_filter {
             code: BPF_JMP_JEQ_K,
-            jt: 0,
-            jf: 1,
-            k: pid_be,
-        },
-        libc::sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
+            jt: n - i,
             jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: u32::MAX,
-        },
-    ];
+            k: u32::from_be_bytes(port.to_ne_bytes()),
+        });
+    }
+    program.push(stmt(BPF_RET_K, u32::MAX)); // accept
+    program.push(stmt(BPF_RET_K, 0)); // drop
     let prog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),

@@ -81,7 +81,7 @@ pub enum Change {
 /// poll its file descriptor for readability, then call [`Watch::read`].
 pub struct Watch {
     listener: Listener,
-    portid: u32,
+    own_ports: Vec<u32>,
     table: String,
     jails: JailNames,
 }
@@ -93,11 +93,17 @@ impl AsFd for Watch {
 }
 
 impl Watch {
-    /// A watch on `table` that ignores changes made by socket `portid`.
-    pub(super) fn new(listener: Listener, portid: u32, table: String, jails: JailNames) -> Watch {
+    /// A watch on `table` that ignores changes made by the sockets of
+    /// `own_ports`.
+    pub(super) fn new(
+        listener: Listener,
+        own_ports: Vec<u32>,
+        table: String,
+        jails: JailNames,
+    ) -> Watch {
         Watch {
             listener,
-            portid,
+            own_ports,
             table,
             jails,
         }
@@ -113,7 +119,7 @@ impl Watch {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let mut decoder = Decoder::new(self.portid, &self.table, &names);
+        let mut decoder = Decoder::new(&self.own_ports, &self.table, &names);
         let mut overrun = false;
         for _ in 0..MAX_DATAGRAMS_PER_READ {
             match self.listener.recv() {
@@ -158,21 +164,21 @@ enum Raw {
 
 /// Turns notification datagrams into [`Change`]s.
 struct Decoder<'a> {
-    own_port: u32,
+    own_ports: &'a [u32],
     table: &'a str,
     jails: HashMap<&'a str, JailId>,
     raw: Vec<Raw>,
 }
 
 impl<'a> Decoder<'a> {
-    fn new(own_port: u32, table: &'a str, names: &'a [String]) -> Decoder<'a> {
+    fn new(own_ports: &'a [u32], table: &'a str, names: &'a [String]) -> Decoder<'a> {
         let jails = names
             .iter()
             .enumerate()
             .filter_map(|(i, n)| Some((n.as_str(), JailId(u16::try_from(i).ok()?))))
             .collect();
         Decoder {
-            own_port,
+            own_ports,
             table,
             jails,
             raw: Vec::new(),
@@ -194,7 +200,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn message(&mut self, m: NlMsg<'_>) -> Result<(), Malformed> {
-        if m.pid == self.own_port || m.payload.first() != Some(&NFPROTO_INET) {
+        if self.own_ports.contains(&m.pid) || m.payload.first() != Some(&NFPROTO_INET) {
             return Ok(());
         }
         let attrs = || m.nft_attrs();
@@ -329,7 +335,7 @@ mod tests {
 
     fn decode(buf: &MsgBuf) -> Vec<Change> {
         let names = vec!["mail".to_string(), "all".to_string()];
-        let mut d = Decoder::new(PORT, "banjo", &names);
+        let mut d = Decoder::new(&[PORT], "banjo", &names);
         d.datagram(buf.bytes()).unwrap();
         d.finish()
     }
@@ -495,14 +501,14 @@ mod tests {
         let bytes = b.bytes().to_vec();
         let names = vec!["mail".to_string()];
         for len in 0..bytes.len() {
-            let mut d = Decoder::new(PORT, "banjo", &names);
+            let mut d = Decoder::new(&[PORT], "banjo", &names);
             let _ = d.datagram(&bytes[..len]);
             let _ = d.finish();
         }
         for i in 0..bytes.len() {
             let mut c = bytes.clone();
             c[i] ^= 0xff;
-            let mut d = Decoder::new(PORT, "banjo", &names);
+            let mut d = Decoder::new(&[PORT], "banjo", &names);
             let _ = d.datagram(&c);
             let _ = d.finish();
         }

@@ -1,0 +1,121 @@
+//! Ban batches committed on a thread of their own while a backlog is read.
+//!
+//! nf_tables does its per-element work (insertion, a counter, a
+//! notification per listener) inside `sendmsg`, on the sending thread:
+//! some 3 µs per element, about what reading the journal entry that led to
+//! the ban costs. Sent from the loop, the two add up. While a drain reads
+//! on, the daemon hands its batches to this thread instead, so reading and
+//! committing overlap on two cores. Before a drain ends, the daemon waits
+//! for every batch ([`Committer::wait`]) and only then logs and saves, so
+//! a saved position still means "everything before it is in the kernel".
+//!
+//! The thread owns a [`Firewall::sibling`]: a socket of its own, whose
+//! changes the daemon's watch counts as banjo's. Batches are committed in
+//! the order they were handed over, and their outcomes come back in that
+//! order.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::{self, JoinHandle};
+
+use crate::firewall::{self, Element, Firewall};
+use crate::ticket::Ban;
+
+/// A batch the thread is done with: its bans, and whether the kernel took
+/// them (`Err` also when the thread is gone).
+pub(super) type Committed = (Vec<Ban>, Result<(), CommitError>);
+
+/// Why a handed-over batch did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The kernel refused the batch.
+    #[error(transparent)]
+    Firewall(#[from] firewall::Error),
+    /// The thread stopped before committing the batch.
+    #[error("the thread committing bans stopped")]
+    Gone,
+}
+
+/// The daemon's end of the committing thread.
+pub(super) struct Committer {
+    /// `None` once dropping: closing the channel ends the thread.
+    jobs: Option<Sender<Vec<Element>>>,
+    outcomes: Receiver<Result<(), firewall::Error>>,
+    /// The bans of each batch handed over and not yet reported, oldest
+    /// first (the thread answers in order).
+    in_flight: VecDeque<Vec<Ban>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Starts the thread; it idles on its channel until a batch comes.
+    pub(super) fn start(mut firewall: Firewall) -> std::io::Result<Committer> {
+        let (jobs, job_queue) = mpsc::channel::<Vec<Element>>();
+        let (outcome_tx, outcomes) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("banjo-commit".into())
+            .spawn(move || {
+                for elements in job_queue {
+                    if outcome_tx.send(firewall.add(&elements)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Committer {
+            jobs: Some(jobs),
+            outcomes,
+            in_flight: VecDeque::new(),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `bans` over. If the thread is gone, gives them back for the
+    /// caller to commit itself.
+    pub(super) fn submit(
+        &mut self,
+        bans: Vec<Ban>,
+        elements: Vec<Element>,
+    ) -> Result<(), Vec<Ban>> {
+        match &self.jobs {
+            Some(jobs) if jobs.send(elements).is_ok() => {
+                self.in_flight.push_back(bans);
+                Ok(())
+            }
+            _ => Err(bans),
+        }
+    }
+
+    /// The next batch the thread is done with, without waiting.
+    pub(super) fn try_done(&mut self) -> Option<Committed> {
+        self.in_flight.front()?;
+        match self.outcomes.try_recv() {
+            Ok(outcome) => self.report(outcome.map_err(CommitError::from)),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => self.report(Err(CommitError::Gone)),
+        }
+    }
+
+    /// The next batch the thread is done with, waiting for it; `None` when
+    /// nothing is in flight.
+    pub(super) fn wait(&mut self) -> Option<Committed> {
+        self.in_flight.front()?;
+        let outcome = match self.outcomes.recv() {
+            Ok(outcome) => outcome.map_err(CommitError::from),
+            Err(mpsc::RecvError) => Err(CommitError::Gone),
+        };
+        self.report(outcome)
+    }
+
+    fn report(&mut self, outcome: Result<(), CommitError>) -> Option<Committed> {
+        Some((self.in_flight.pop_front()?, outcome))
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
