@@ -1142,8 +1142,15 @@ fn emit(n: &Node, ctx: &Ctx, out: &mut String) -> Result<(), String> {
                         let _ = write!(out, "(?P<{name}>");
                     } else if ctx.name_all {
                         let _ = write!(out, "(?P<{}>", synthetic(*number));
-                    } else {
+                    } else if mode == Mode::Fancy {
                         out.push('(');
+                    } else {
+                        // Only named groups carry what fail2ban reports,
+                        // and regex-automata's engines cannot refer to a
+                        // group by number; a group that captures costs
+                        // the backtracker a slot write on every step
+                        // through it (`(.*)`: one per byte).
+                        out.push_str("(?:");
                     }
                 }
                 GroupKind::NonCapture => out.push_str("(?:"),
@@ -1307,6 +1314,15 @@ mod tests {
         assert!(expand_tags("<SKIPLINES>").is_err());
         assert!(expand_tags("<SUBNET>").is_err());
         assert_eq!(expand_tags("a <b> <HOSTX> c").unwrap(), "a <b> <HOSTX> c");
+    }
+
+    #[test]
+    fn only_named_groups_capture_outside_fancy() {
+        let (dfa, exact, fancy) = all(r"a(b)(?P<x>c)(d)");
+        assert_eq!(dfa, "a(?:b)(?:c)(?:d)");
+        assert_eq!(exact.as_deref(), Some("a(?:b)(?P<x>c)(?:d)"));
+        // fancy-regex keeps Python's numbering, which references need.
+        assert_eq!(fancy, "a(?P<__g1>b)(?P<x>c)(?P<__g3>d)");
     }
 
     #[test]
