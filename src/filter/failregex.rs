@@ -295,7 +295,9 @@ fn class(chars: &[char], at: usize, out: &mut Out) -> Result<usize, String> {
 fn group(chars: &[char], at: usize, out: &mut Out, depth: &mut usize) -> Result<usize, String> {
     const LOOK: &str = "look-around ((?=, (?!, (?<=, (?<!) is not supported: a DFA cannot do it";
     if chars.get(at + 1) != Some(&'?') {
-        out.both_char('(');
+        // Nothing reads an unnamed group, and one that captured would cost
+        // the capture search a slot write on every step through it.
+        out.both("(?:");
         *depth += 1;
         return Ok(at + 1);
     }
@@ -378,7 +380,7 @@ mod tests {
     fn host_tag_expands_to_named_greedy_group() {
         let e = expand(r"from (.*)\[<HOST>\]", true, true).unwrap();
         assert_eq!(e.hosts, vec![HostKind::Host]);
-        assert!(e.matcher.starts_with("^(?:from (.*)\\[(?-U:(?P<__host0>"));
+        assert!(e.matcher.starts_with("^(?:from (?:.*)\\[(?-U:(?P<__host0>"));
         assert_eq!(e.matcher, e.capture);
     }
 
