@@ -371,9 +371,18 @@ fn syntax_reason(text: &str) -> String {
 /// Expands and compiles one failregex into its capture regex.
 fn compile_failregex(template: &str) -> Result<(String, FailPattern), String> {
     let expanded = failregex::expand(template, true, true)?;
+    // The capture search runs only where the combined matcher has found a
+    // match, anchored: a DFA pass to find the match's end first (what meta
+    // does for a search with groups) would only repeat that. The
+    // backtracker alone runs, or the PikeVM on lines too long for it.
     let capture = Regex::builder()
         .syntax(syntax_config(true))
-        .configure(meta::Config::new().utf8_empty(false))
+        .configure(
+            meta::Config::new()
+                .utf8_empty(false)
+                .hybrid(false)
+                .dfa(false),
+        )
         .build(&expanded.capture)
         .map_err(|e| regex_reason(&e))?;
     let mut hosts = Vec::with_capacity(expanded.hosts.len());
