@@ -83,15 +83,17 @@ pub enum Error {
 
 /// While a backlog is read, pending bans go to the committer thread once
 /// this many wait, or once the oldest has waited `FLUSH_AFTER`: a bound on
-/// the batch size, and on the latency of a ban found early in a long
-/// backlog of mostly benign entries (a count alone would hold it until the
-/// drain ends). The kernel's cost is per element, so bigger batches save
-/// little there. Small ones keep the kernel busy in step with the reading
-/// and leave little for the drain's end, when the last batch is sent and
-/// the thread's are waited for: 10,000 bans at once took 41-67 ms with
-/// 1 ms batches against 46-75 ms with 5 ms ones.
-const FLUSH_AT: usize = 16_384;
-const FLUSH_AFTER: Duration = Duration::from_millis(1);
+/// the latency of a ban found early in a long backlog of mostly benign
+/// entries (a count alone would hold it until the drain ends). Bans that
+/// come thick and fast go over in batches of `FLUSH_AT`, which keeps the
+/// kernel busy in step with the reading and leaves little for the drain's
+/// end, when the last batch is sent and the thread's are waited for:
+/// 10,000 bans at once took 41-67 ms with 1 ms batches against 46-75 ms
+/// with 5 ms ones. Sparse ones wait up to `FLUSH_AFTER`, so that a backlog
+/// with a ban every millisecond or so does not cost a transaction and two
+/// thread wakeups per ban.
+const FLUSH_AT: usize = 256;
+const FLUSH_AFTER: Duration = Duration::from_millis(5);
 /// The `Found` and `Ban` lines of one drain are written after its bans
 /// are in the kernel: formatting and writing two lines per ban cost as
 /// much as the netlink batch (some 5 µs a line), and a ban that protects
