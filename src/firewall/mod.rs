@@ -243,6 +243,19 @@ fn request_error(step: String, err: RequestError) -> Error {
 }
 
 /// Errnos that mean "no nf_tables here" when they answer the first request.
+/// A socket that could not be opened: `Unsupported` when `unsupported`
+/// (the kernel lacks nf_tables), otherwise the errno with its step.
+fn open_error(step: &str, errno: Errno, unsupported: bool) -> Error {
+    if unsupported {
+        Error::Unsupported {
+            step: step.into(),
+            errno,
+        }
+    } else {
+        kernel_error(step.into(), errno)
+    }
+}
+
 fn means_unsupported(errno: Errno) -> bool {
     matches!(
         errno,
@@ -334,16 +347,8 @@ impl Firewall {
                 "invalid nftables table name {table:?}: use 1 to 64 of [A-Za-z0-9_.-]"
             )));
         }
-        let sock = Socket::open().map_err(|(step, errno)| {
-            if means_unsupported(errno) {
-                Error::Unsupported {
-                    step: step.into(),
-                    errno,
-                }
-            } else {
-                kernel_error(step.into(), errno)
-            }
-        })?;
+        let sock = Socket::open()
+            .map_err(|(step, errno)| open_error(step, errno, means_unsupported(errno)))?;
         let portid = sock
             .portid()
             .map_err(|e| kernel_error("reading the netlink socket's port id".into(), e))?;
@@ -465,14 +470,10 @@ impl Firewall {
         own_ports.extend_from_slice(&self.sibling_ports);
         let filtered: &[u32] = if filter_own { &own_ports } else { &[] };
         let listener = Listener::open(filtered).map_err(|(step, errno)| {
-            if means_unsupported(errno) && errno != Errno::ENOENT {
-                Error::Unsupported {
-                    step: step.into(),
-                    errno,
-                }
-            } else {
-                kernel_error(step.into(), errno)
-            }
+            // ENOENT says nf_tables is missing only as the answer to a
+            // request, and this socket sends none.
+            let unsupported = means_unsupported(errno) && errno != Errno::ENOENT;
+            open_error(step, errno, unsupported)
         })?;
         Ok(Watch::new(
             listener,
