@@ -75,13 +75,16 @@ impl Committer {
         &mut self,
         bans: Vec<Ban>,
         elements: Vec<Element>,
-    ) -> Result<(), Vec<Ban>> {
-        match &self.jobs {
-            Some(jobs) if jobs.send(elements).is_ok() => {
+    ) -> Result<(), (Vec<Ban>, Vec<Element>)> {
+        let Some(jobs) = &self.jobs else {
+            return Err((bans, elements));
+        };
+        match jobs.send(elements) {
+            Ok(()) => {
                 self.in_flight.push_back(bans);
                 Ok(())
             }
-            _ => Err(bans),
+            Err(mpsc::SendError(elements)) => Err((bans, elements)),
         }
     }
 

@@ -866,17 +866,11 @@ impl Daemon {
         while let Some((bans, outcome)) = self.committer.try_done() {
             result = result.and(self.landed(p, bans, outcome));
         }
-        if self.pending.is_empty() {
-            return result;
-        }
-        let elements: Vec<Element> = self.pending.iter().map(element).collect();
-        if let Err(bans) = self
-            .committer
-            .submit(std::mem::take(&mut self.pending), elements)
-        {
-            // The thread is gone: this loop commits them itself.
-            self.pending = bans;
-            result = result.and(self.send(p));
+        if let Some((bans, elements)) = self.take_pending() {
+            if let Err((bans, elements)) = self.committer.submit(bans, elements) {
+                // The thread is gone: this loop commits them itself.
+                result = result.and(self.commit(p, bans, &elements));
+            }
         }
         result
     }
@@ -894,13 +888,31 @@ impl Daemon {
     /// batch each, from this thread; their lines wait for
     /// [`Daemon::write_log`].
     fn send(&mut self, p: &mut Pipeline) -> Result<(), Error> {
+        match self.take_pending() {
+            Some((bans, elements)) => self.commit(p, bans, &elements),
+            None => Ok(()),
+        }
+    }
+
+    /// The pending bans and their elements, for one batch; `None` if none
+    /// are pending.
+    fn take_pending(&mut self) -> Option<(Vec<Ban>, Vec<Element>)> {
         self.pending_since = None;
         if self.pending.is_empty() {
-            return Ok(());
+            return None;
         }
-        let elements: Vec<Element> = self.pending.iter().map(element).collect();
-        let outcome = self.firewall.add(&elements).map_err(CommitError::from);
-        let bans = std::mem::take(&mut self.pending);
+        let elements = self.pending.iter().map(element).collect();
+        Some((std::mem::take(&mut self.pending), elements))
+    }
+
+    /// Commits one batch from this thread.
+    fn commit(
+        &mut self,
+        p: &mut Pipeline,
+        bans: Vec<Ban>,
+        elements: &[Element],
+    ) -> Result<(), Error> {
+        let outcome = self.firewall.add(elements).map_err(CommitError::from);
         self.landed(p, bans, outcome)
     }
 

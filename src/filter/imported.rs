@@ -36,7 +36,9 @@ use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
 use regex_syntax::hir::{Hir, HirKind};
 
 use super::python::{self, Mode, Pattern};
-use super::{combined_config, regex_reason, syntax_config, BuildError, Outcome, PatternKind};
+use super::{
+    capture_config, combined_config, regex_reason, syntax_config, BuildError, Outcome, PatternKind,
+};
 
 /// fail2ban's multi-line failure-id cache: at most this many ids...
 const MLFID_MAX: usize = 100;
@@ -167,7 +169,12 @@ impl Compiled {
         let backtrack_only = odds == Odds::Likely && anchored;
         let (exact, lead) = match (&exact_text, split) {
             (Some(_), Some((literal, rest))) => (
-                Some(backtracker_from_hir(&rest)?),
+                Some(
+                    Regex::builder()
+                        .configure(capture_config(true))
+                        .build_from_hir(&rest)
+                        .map_err(|e| regex_reason(&e))?,
+                ),
                 Some(memchr::memmem::Finder::new(&literal).into_owned()),
             ),
             (Some(text), None) => (Some(exact_regex(text, backtrack_only)?), None),
@@ -228,12 +235,7 @@ fn build_fancy(text: &str) -> Result<fancy_regex::Regex, String> {
 fn exact_regex(text: &str, backtrack_only: bool) -> Result<Regex, String> {
     Regex::builder()
         .syntax(syntax_config(false))
-        .configure(
-            meta::Config::new()
-                .utf8_empty(false)
-                .hybrid(!backtrack_only)
-                .dfa(!backtrack_only),
-        )
+        .configure(capture_config(backtrack_only))
         .build(text)
         .map_err(|e| regex_reason(&e))
 }
@@ -756,12 +758,7 @@ fn composable_prefix(prefregex: &str) -> Option<String> {
 fn is_match(c: &Compiled, state: &mut State, text: &Text<'_>) -> bool {
     if text.ascii {
         if let Some(exact) = &c.exact {
-            return match &c.lead {
-                Some(lead) => after_lead(lead, text.bytes).any(|at| {
-                    exact.is_match(Input::new(text.bytes).range(at..).anchored(Anchored::Yes))
-                }),
-                None => exact.is_match(Input::new(text.bytes)),
-            };
+            return exact_inputs(c, text.bytes).any(|input| exact.is_match(input));
         }
         if c.relaxed.is_some() {
             return raw_captures(c, state, text, &mut Groups::default());
@@ -797,34 +794,24 @@ fn split_leading_literal(text: &str) -> Option<(Vec<u8>, Hir)> {
     }
 }
 
-/// A regex for anchored searches for groups, run by the backtracker alone
-/// (the PikeVM on lines too long for it).
-fn backtracker_from_hir(hir: &Hir) -> Result<Regex, String> {
-    Regex::builder()
-        .configure(
-            meta::Config::new()
-                .utf8_empty(false)
-                .hybrid(false)
-                .dfa(false),
-        )
-        .build_from_hir(hir)
-        .map_err(|e| regex_reason(&e))
-}
-
 /// A shorter leading literal occurs too often to narrow anything.
 const MIN_LEAD: usize = 4;
 
-/// Where the text after each occurrence of `lead` in `hay` starts, in
-/// order, overlapping occurrences included.
-fn after_lead<'h>(
-    lead: &'h memchr::memmem::Finder<'static>,
-    hay: &'h [u8],
-) -> impl Iterator<Item = usize> + 'h {
+/// The searches of `c.exact` in `hay`, in order until one matches: the
+/// whole of it, or with a leading literal, an anchored search right after
+/// each of the literal's occurrences (overlapping ones included).
+fn exact_inputs<'h>(c: &'h Compiled, hay: &'h [u8]) -> impl Iterator<Item = Input<'h>> + 'h {
+    let mut whole = c.lead.is_none().then(|| Input::new(hay));
     let mut from = 0;
     std::iter::from_fn(move || {
+        if let Some(input) = whole.take() {
+            return Some(input);
+        }
+        let lead = c.lead.as_ref()?;
         let at = from + lead.find(hay.get(from..)?)?;
         from = at + 1;
-        Some(at + lead.needle().len())
+        let start = at + lead.needle().len();
+        Some(Input::new(hay).range(start..).anchored(Anchored::Yes))
     })
 }
 
@@ -888,17 +875,10 @@ fn raw_captures<'a>(
             };
             let (cache, caps) =
                 slot.get_or_insert_with(|| (exact.create_cache(), exact.create_captures()));
-            let found = match &c.lead {
-                Some(lead) => after_lead(lead, text.bytes).any(|at| {
-                    let input = Input::new(text.bytes).range(at..).anchored(Anchored::Yes);
-                    exact.search_captures_with(cache, &input, caps);
-                    caps.is_match()
-                }),
-                None => {
-                    exact.search_captures_with(cache, &Input::new(text.bytes), caps);
-                    caps.is_match()
-                }
-            };
+            let found = exact_inputs(c, text.bytes).any(|input| {
+                exact.search_captures_with(cache, &input, caps);
+                caps.is_match()
+            });
             if !found {
                 return false;
             }

@@ -337,6 +337,17 @@ fn syntax_config(swap_greed: bool) -> syntax::Config {
         .swap_greed(swap_greed)
 }
 
+/// The configuration of a regex searched for groups. `backtrack_only`
+/// leaves out the lazy DFA pass meta otherwise makes to find the match
+/// first: for anchored searches where a match is all but certain. The
+/// backtracker runs then, or the PikeVM on lines too long for it.
+fn capture_config(backtrack_only: bool) -> meta::Config {
+    meta::Config::new()
+        .utf8_empty(false)
+        .hybrid(!backtrack_only)
+        .dfa(!backtrack_only)
+}
+
 fn combined_config(kind: MatchKind) -> meta::Config {
     meta::Config::new()
         .match_kind(kind)
@@ -372,17 +383,11 @@ fn syntax_reason(text: &str) -> String {
 fn compile_failregex(template: &str) -> Result<(String, FailPattern), String> {
     let expanded = failregex::expand(template, true, true)?;
     // The capture search runs only where the combined matcher has found a
-    // match, anchored: a DFA pass to find the match's end first (what meta
-    // does for a search with groups) would only repeat that. The
-    // backtracker alone runs, or the PikeVM on lines too long for it.
+    // match, anchored: a DFA pass to find the match's end first would only
+    // repeat that.
     let capture = Regex::builder()
         .syntax(syntax_config(true))
-        .configure(
-            meta::Config::new()
-                .utf8_empty(false)
-                .hybrid(false)
-                .dfa(false),
-        )
+        .configure(capture_config(true))
         .build(&expanded.capture)
         .map_err(|e| regex_reason(&e))?;
     let mut hosts = Vec::with_capacity(expanded.hosts.len());

@@ -242,7 +242,6 @@ fn request_error(step: String, err: RequestError) -> Error {
     }
 }
 
-/// Errnos that mean "no nf_tables here" when they answer the first request.
 /// A socket that could not be opened: `Unsupported` when `unsupported`
 /// (the kernel lacks nf_tables), otherwise the errno with its step.
 fn open_error(step: &str, errno: Errno, unsupported: bool) -> Error {
@@ -256,6 +255,7 @@ fn open_error(step: &str, errno: Errno, unsupported: bool) -> Error {
     }
 }
 
+/// Errnos that mean "no nf_tables here" when they answer the first request.
 fn means_unsupported(errno: Errno) -> bool {
     matches!(
         errno,
@@ -1359,7 +1359,6 @@ mod tests {
         );
     }
 
-    /// Whether the watch's socket polls readable right now.
     /// Deletes `addr` from jail MAIL's v4 set with `nft`, as an admin
     /// would, and checks that `watch` reports exactly that.
     fn deleted_by_hand(watch: &mut Watch, addr: &str) {
@@ -1374,6 +1373,7 @@ mod tests {
         );
     }
 
+    /// Whether the watch's socket polls readable right now.
     fn readable(w: &Watch) -> bool {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
