@@ -598,6 +598,7 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
             worker.block(&block, prefilter, &mut st, &mut out);
             report.add(st, &out).map_err(|e| e.to_string())?;
             out.clear();
+            blocks.recycle(block.data);
         }
         report.hosts.merge(worker.hosts);
         return report.finish().map_err(|e| e.to_string());
@@ -607,9 +608,11 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
     // (the output closed), the reader's next send fails and it stops too.
     let from_reader = std::sync::Arc::new(std::sync::Mutex::new(from_reader));
     let (to_report, results) = std::sync::mpsc::channel::<Done>();
+    let (give_back, given_back) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| -> Result<(), String> {
         for _ in 0..threads {
             let to_report = to_report.clone();
+            let give_back = give_back.clone();
             let from_reader = std::sync::Arc::clone(&from_reader);
             scope.spawn(move || {
                 let mut worker = Worker::new(s, o);
@@ -625,11 +628,15 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
                     if to_report.send(Done::Block(block.index, st, out)).is_err() {
                         return;
                     }
+                    // The reader may have finished: then the buffer is
+                    // simply freed.
+                    let _ = give_back.send(block.data);
                 }
                 let _ = to_report.send(Done::Hosts(worker.hosts));
             });
         }
         drop(to_report);
+        drop(give_back);
         drop(from_reader);
         // The report runs beside the reader, putting blocks back in order.
         let report = scope.spawn(move || -> std::io::Result<()> {
@@ -654,6 +661,9 @@ fn run_lines(o: &Options, s: &Setup) -> Result<(), String> {
         });
         let mut failed = None;
         loop {
+            for buf in given_back.try_iter() {
+                blocks.recycle(buf);
+            }
             match blocks.next_block() {
                 Ok(Some(block)) => {
                     if to_workers.send(block).is_err() {
