@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
-use regex_syntax::hir::{Hir, HirKind};
 
+use super::lead::{Lead, Search};
 use super::python::{self, Mode, Pattern};
 use super::{
     capture_config, combined_config, regex_reason, syntax_config, BuildError, Outcome, PatternKind,
@@ -66,9 +66,9 @@ pub(crate) struct Compiled {
     /// regex-automata (ASCII, bytes), when the pattern is regular.
     exact: Option<Regex>,
     /// The literal every match of the unanchored pattern starts with, if
-    /// any: `exact` is then the pattern without it, searched anchored right
-    /// after each of its occurrences.
-    lead: Option<memchr::memmem::Finder<'static>>,
+    /// any: `exact` is then the pattern without it, searched anchored past
+    /// its occurrences.
+    lead: Option<Lead>,
     /// regex-automata with look-around markers, when that works.
     relaxed: Option<Relaxed>,
     /// fancy-regex (Unicode), always exact: compiled at once when ASCII
@@ -162,23 +162,13 @@ impl Compiled {
             .is_regular()
             .then(|| pattern.emit(Mode::Exact))
             .transpose()?;
-        let split = exact_text
-            .as_deref()
-            .filter(|_| !anchored)
-            .and_then(split_leading_literal);
         let backtrack_only = odds == Odds::Likely && anchored;
-        let (exact, lead) = match (&exact_text, split) {
-            (Some(_), Some((literal, rest))) => (
-                Some(
-                    Regex::builder()
-                        .configure(capture_config(true))
-                        .build_from_hir(&rest)
-                        .map_err(|e| regex_reason(&e))?,
-                ),
-                Some(memchr::memmem::Finder::new(&literal).into_owned()),
-            ),
-            (Some(text), None) => (Some(exact_regex(text, backtrack_only)?), None),
-            (None, _) => (None, None),
+        let (exact, lead) = match exact_text.as_deref() {
+            Some(text) => match (!anchored).then(|| Lead::compile(text)).transpose()? {
+                Some(Some((lead, rest))) => (Some(rest), Some(lead)),
+                _ => (Some(exact_regex(text, backtrack_only)?), None),
+            },
+            None => (None, None),
         };
         let relaxed = match (&exact, pattern.lookarounds()) {
             (None, Some(looks)) => Some(relaxed(&pattern, looks, backtrack_only)?),
@@ -282,7 +272,9 @@ impl<'a> Text<'a> {
 /// Per-thread search state of the imported jails.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    captures: Vec<Option<(meta::Cache, Captures)>>,
+    /// Per [`Compiled`]: the cache and groups of its regex, and of its
+    /// lead's tail (see `lead.rs`).
+    captures: Vec<[Option<(meta::Cache, Captures)>; 2]>,
     /// Per imported jail: the multi-line failure-id cache.
     mlfid: Vec<HashMap<String, (Instant, Fail)>>,
     all: Option<meta::Cache>,
@@ -558,7 +550,7 @@ impl Imported {
     /// Fresh per-thread state.
     pub(crate) fn state(&self) -> State {
         State {
-            captures: (0..self.compiled_count).map(|_| None).collect(),
+            captures: (0..self.compiled_count).map(|_| [None, None]).collect(),
             mlfid: (0..self.jails.len()).map(|_| HashMap::new()).collect(),
             all: self.all.as_ref().map(Regex::create_cache),
             set: self.all.as_ref().map(|a| PatternSet::new(a.pattern_len())),
@@ -758,7 +750,7 @@ fn composable_prefix(prefregex: &str) -> Option<String> {
 fn is_match(c: &Compiled, state: &mut State, text: &Text<'_>) -> bool {
     if text.ascii {
         if let Some(exact) = &c.exact {
-            return exact_inputs(c, text.bytes).any(|input| exact.is_match(input));
+            return exact_inputs(c, exact, text.bytes).any(|s| s.regex.is_match(s.input));
         }
         if c.relaxed.is_some() {
             return raw_captures(c, state, text, &mut Groups::default());
@@ -768,50 +760,22 @@ fn is_match(c: &Compiled, state: &mut State, text: &Text<'_>) -> bool {
         .is_some_and(|f| f.is_match(text.str).unwrap_or(false))
 }
 
-/// The literal that every match of the regular pattern `text` starts
-/// with, if it is long enough to be worth searching for, and the pattern
-/// after it.
-///
-/// Why: an unanchored search for groups costs regex-automata a forward and
-/// a reverse lazy DFA to find the match, then the backtracker over it. When
-/// every match starts with a literal, the leftmost match is the first
-/// anchored match at one of the literal's occurrences, in order; the
-/// literal holds no group, so the rest of the pattern, anchored right after
-/// the literal, finds the same groups. The backtracker alone does that,
-/// without walking the literal. For the tutorial's `lost connection after
-/// AUTH from (.*)\[<HOST>\]` it is a third less CPU for the whole check.
-fn split_leading_literal(text: &str) -> Option<(Vec<u8>, Hir)> {
-    let hir = regex_automata::util::syntax::parse_with(text, &syntax_config(false)).ok()?;
-    let HirKind::Concat(parts) = hir.kind() else {
-        return None;
-    };
-    let (first, rest) = parts.split_first()?;
-    match first.kind() {
-        HirKind::Literal(l) if l.0.len() >= MIN_LEAD => {
-            Some((l.0.to_vec(), Hir::concat(rest.to_vec())))
-        }
-        _ => None,
-    }
-}
-
-/// A shorter leading literal occurs too often to narrow anything.
-const MIN_LEAD: usize = 4;
-
-/// The searches of `c.exact` in `hay`, in order until one matches: the
-/// whole of it, or with a leading literal, an anchored search right after
-/// each of the literal's occurrences (overlapping ones included).
-fn exact_inputs<'h>(c: &'h Compiled, hay: &'h [u8]) -> impl Iterator<Item = Input<'h>> + 'h {
-    let mut whole = c.lead.is_none().then(|| Input::new(hay));
-    let mut from = 0;
-    std::iter::from_fn(move || {
-        if let Some(input) = whole.take() {
-            return Some(input);
-        }
-        let lead = c.lead.as_ref()?;
-        let at = from + lead.find(hay.get(from..)?)?;
-        from = at + 1;
-        let start = at + lead.needle().len();
-        Some(Input::new(hay).range(start..).anchored(Anchored::Yes))
+/// The searches of `c.exact` (or of the regex its leading literal
+/// leads to) in `hay`, in order until one matches.
+fn exact_inputs<'h>(
+    c: &'h Compiled,
+    exact: &'h Regex,
+    hay: &'h [u8],
+) -> impl Iterator<Item = Search<'h>> + 'h {
+    let mut whole = c.lead.is_none().then(|| Search {
+        regex: exact,
+        tail: false,
+        input: Input::new(hay),
+    });
+    let mut past_lead = c.lead.as_ref().map(|lead| lead.searches(exact, hay));
+    std::iter::from_fn(move || match whole.take() {
+        Some(search) => Some(search),
+        None => past_lead.as_mut()?.next(),
     })
 }
 
@@ -870,23 +834,27 @@ fn raw_captures<'a>(
 ) -> bool {
     if text.ascii {
         if let Some(exact) = &c.exact {
-            let Some(slot) = state.captures.get_mut(c.id) else {
+            let Some(slots) = state.captures.get_mut(c.id) else {
                 return false;
             };
-            let (cache, caps) =
-                slot.get_or_insert_with(|| (exact.create_cache(), exact.create_captures()));
-            let found = exact_inputs(c, text.bytes).any(|input| {
-                exact.search_captures_with(cache, &input, caps);
-                caps.is_match()
+            let found = exact_inputs(c, exact, text.bytes).find_map(|search| {
+                let k = usize::from(search.tail);
+                let (cache, caps) = slots[k].get_or_insert_with(|| {
+                    (search.regex.create_cache(), search.regex.create_captures())
+                });
+                search
+                    .regex
+                    .search_captures_with(cache, &search.input, caps);
+                caps.is_match().then_some(k)
             });
-            if !found {
+            let Some((_, caps)) = found.and_then(|k| slots[k].as_ref()) else {
                 return false;
-            }
+            };
             push_groups(c, caps, text.str, out);
             return true;
         }
         if let Some(r) = &c.relaxed {
-            let Some(slot) = state.captures.get_mut(c.id) else {
+            let Some([slot, _]) = state.captures.get_mut(c.id) else {
                 return false;
             };
             let (cache, caps) =
@@ -1106,6 +1074,30 @@ mod tests {
             addr(1, "192.0.2.6")
         );
         assert_eq!(host("lost connection after AUTH from unknown"), None);
+        // The tail (`\[<HOST>\]`) at each bracket, the last first: the
+        // last bracket fails, the one before it holds the address.
+        assert!(imp.jails[0].fail[1]
+            .1
+            .lead
+            .as_ref()
+            .is_some_and(Lead::has_tail));
+        let l = "lost connection after AUTH from";
+        assert_eq!(
+            host(&format!("{l} a[b][192.0.2.7] [x")),
+            addr(1, "192.0.2.7")
+        );
+        assert_eq!(host(&format!("{l} a[192.0.2.8] [[]")), addr(1, "192.0.2.8"));
+        assert_eq!(host(&format!("{l} [192.0.2.9][host-a]")), addr(1, "host-a"));
+        // More brackets than are worth trying one by one.
+        assert_eq!(
+            host(&format!("{l} [[[[[[192.0.2.10]")),
+            addr(1, "192.0.2.10")
+        );
+        assert_eq!(
+            host(&format!("{l} [192.0.2.11][[[[[")),
+            addr(1, "192.0.2.11")
+        );
+        assert_eq!(host(&format!("{l} [[[[[[[")), None);
     }
 
     #[test]

@@ -72,6 +72,7 @@
 mod failregex;
 mod host;
 mod imported;
+mod lead;
 mod literals;
 mod python;
 
