@@ -301,7 +301,7 @@ fn guess_once(lab: &Lab, src: IpAddr, port: u16, plain: bool) {
         s.auth_login(USER.as_bytes(), b"hunter2")
     };
     assert_eq!(r.code, 535, "{r:?}");
-    s.quit();
+    s.quit_or_cut();
 }
 
 /// The tutorial's repeat sender: non-FQDN HELO, rejected at RCPT.
@@ -312,7 +312,7 @@ fn helo_spam_once(lab: &Lab, src: IpAddr, helo: &str, from: &str) {
     s.expect(&format!("MAIL FROM:<{from}>"), 250);
     let r = s.expect("RCPT TO:<alice@example.test>", 504);
     assert!(r.text().contains("need fully-qualified hostname"), "{r:?}");
-    s.quit();
+    s.quit_or_cut();
 }
 
 /// A legitimate submission: authenticates and sends; returns the queue id.
@@ -773,7 +773,7 @@ fn scenario_injection(lab: &Lab, banjo: &Banjo, table: &str) {
             let mut s = Session::open(&lab.clients, src, lab.smtp_for(src, SMTP)).unwrap();
             s.ehlo(fqdn);
             assert_eq!(s.auth_login(user.as_bytes(), b"x").code, 535);
-            s.quit();
+            s.quit_or_cut();
             (1, 0)
         })
     };
@@ -788,7 +788,7 @@ fn scenario_injection(lab: &Lab, banjo: &Banjo, table: &str) {
             blob.extend_from_slice(b"x");
             let r = s.cmd(&format!("AUTH PLAIN {}", smtp::base64(&blob)));
             assert_eq!(r.code, 535, "{r:?}");
-            s.quit();
+            s.quit_or_cut();
             (1, 0)
         })
     };
