@@ -1,4 +1,5 @@
-//! Ban batches committed on a thread of their own while a backlog is read.
+//! The daemon's second thread: it commits ban batches and writes log
+//! lines while a backlog is read.
 //!
 //! nf_tables does its per-element work (insertion, a counter, a
 //! notification per listener) inside `sendmsg`, on the sending thread:
@@ -8,18 +9,27 @@
 //! committing overlap on two cores. Before a drain ends, the daemon waits
 //! for every batch ([`Committer::wait`]) and only then logs and saves, so
 //! a saved position still means "everything before it is in the kernel".
+//! The `Found`/`Ban` lines then come here too (see `lines.rs`): written
+//! after the bans they report, in order, without holding up the loop.
 //!
 //! The thread owns a [`Firewall::sibling`]: a socket of its own, whose
-//! changes the daemon's watch counts as banjo's. Batches are committed in
-//! the order they were handed over, and their outcomes come back in that
+//! changes the daemon's watch counts as banjo's. Jobs are done in the
+//! order they were handed over, and batches' outcomes come back in that
 //! order.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, JoinHandle};
 
+use super::lines::Line;
 use crate::firewall::{self, Element, Firewall};
 use crate::ticket::Ban;
+
+/// What the thread is asked to do.
+enum Job {
+    Commit(Vec<Element>),
+    Write(Vec<Line>),
+}
 
 /// A batch the thread is done with: its bans, and whether the kernel took
 /// them (`Err` also when the thread is gone).
@@ -39,7 +49,7 @@ pub enum CommitError {
 /// The daemon's end of the committing thread.
 pub(super) struct Committer {
     /// `None` once dropping: closing the channel ends the thread.
-    jobs: Option<Sender<Vec<Element>>>,
+    jobs: Option<Sender<Job>>,
     outcomes: Receiver<Result<(), firewall::Error>>,
     /// The bans of each batch handed over and not yet reported, oldest
     /// first (the thread answers in order).
@@ -50,14 +60,19 @@ pub(super) struct Committer {
 impl Committer {
     /// Starts the thread; it idles on its channel until a batch comes.
     pub(super) fn start(mut firewall: Firewall) -> std::io::Result<Committer> {
-        let (jobs, job_queue) = mpsc::channel::<Vec<Element>>();
+        let (jobs, job_queue) = mpsc::channel::<Job>();
         let (outcome_tx, outcomes) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("banjo-commit".into())
             .spawn(move || {
-                for elements in job_queue {
-                    if outcome_tx.send(firewall.add(&elements)).is_err() {
-                        break;
+                for job in job_queue {
+                    match job {
+                        Job::Commit(elements) => {
+                            if outcome_tx.send(firewall.add(&elements)).is_err() {
+                                break;
+                            }
+                        }
+                        Job::Write(lines) => lines.iter().for_each(Line::write),
                     }
                 }
             })?;
@@ -76,15 +91,41 @@ impl Committer {
         bans: Vec<Ban>,
         elements: Vec<Element>,
     ) -> Result<(), (Vec<Ban>, Vec<Element>)> {
-        let Some(jobs) = &self.jobs else {
-            return Err((bans, elements));
-        };
-        match jobs.send(elements) {
+        match self.hand(Job::Commit(elements)) {
             Ok(()) => {
                 self.in_flight.push_back(bans);
                 Ok(())
             }
-            Err(mpsc::SendError(elements)) => Err((bans, elements)),
+            Err(Job::Commit(elements)) => Err((bans, elements)),
+            Err(Job::Write(_)) => unreachable!("a batch handed over came back as lines"),
+        }
+    }
+
+    /// Hands `lines` over, to be written after every job handed over
+    /// before them. If the thread is gone, gives them back for the caller
+    /// to write itself.
+    pub(super) fn write(&mut self, lines: Vec<Line>) -> Result<(), Vec<Line>> {
+        match self.hand(Job::Write(lines)) {
+            Ok(()) => Ok(()),
+            Err(Job::Write(lines)) => Err(lines),
+            Err(Job::Commit(_)) => unreachable!("lines handed over came back as a batch"),
+        }
+    }
+
+    /// Queues `job`; gives it back if the thread is gone.
+    fn hand(&mut self, job: Job) -> Result<(), Job> {
+        match &self.jobs {
+            Some(jobs) => jobs.send(job).map_err(|mpsc::SendError(job)| job),
+            None => Err(job),
+        }
+    }
+
+    /// Waits until the thread has done every job handed over (the lines
+    /// written), for a stop; the thread is gone afterwards.
+    pub(super) fn finish(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 
@@ -116,9 +157,6 @@ impl Committer {
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.finish();
     }
 }

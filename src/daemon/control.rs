@@ -148,9 +148,8 @@ impl Daemon {
             }
             return Err(e.to_string());
         }
-        for ban in &bans {
-            self.log_ban(p, ban, true);
-        }
+        let lines = bans.iter().map(|b| self.ban_line(p, b, true)).collect();
+        self.emit(lines);
         let sent = self.send_prefixes(p).map_err(|e| e.to_string());
         self.write_log(p);
         sent?;

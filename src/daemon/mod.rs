@@ -18,11 +18,13 @@
 
 mod committer;
 mod control;
+mod lines;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{ppoll, PollFd, PollFlags};
@@ -31,6 +33,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::time::TimeSpec;
 
 use self::committer::{CommitError, Committer};
+use self::lines::Line;
 use crate::config::Config;
 use crate::filter::{Cache, Filter, Hit, Outcome};
 use crate::firewall::{Change, Element, Firewall, PrefixElement};
@@ -174,6 +177,8 @@ struct Pipeline {
     journal: Journal,
     /// For bit `i` of an entry's match mask, the jails that use match `i`.
     jails_of_match: Vec<JailSet>,
+    /// Each jail's name, shared by the lines that name it.
+    labels: Vec<Arc<str>>,
 }
 
 /// Where the reader is relative to the saved position.
@@ -371,6 +376,8 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
     daemon.flush(&mut pipeline)?;
     daemon.dirty = true;
     daemon.save(&pipeline)?;
+    // The last lines, before the one saying banjo stopped.
+    daemon.committer.finish();
     tracing::info!(
         message_id = log::STOPPED,
         "banjo stopped; bans stay in the kernel until they expire"
@@ -433,6 +440,11 @@ impl Pipeline {
             .iter()
             .any(|j| j.input == crate::jail::FilterInput::Fail2banLine);
         let journal = Journal::open(&config.journal, &matches, want_line)?;
+        let labels = config
+            .jails
+            .iter()
+            .map(|j| Arc::from(j.name.as_str()))
+            .collect();
         Ok(Pipeline {
             config,
             filter,
@@ -440,6 +452,7 @@ impl Pipeline {
             tracker,
             journal,
             jails_of_match,
+            labels,
         })
     }
 
@@ -449,6 +462,13 @@ impl Pipeline {
             .iter()
             .position(|j| j.name == name)
             .map(|i| JailId(i as u16))
+    }
+
+    fn jail_label(&self, id: JailId) -> Arc<str> {
+        match self.labels.get(id.index()) {
+            Some(label) => Arc::clone(label),
+            None => Arc::from("?"),
+        }
     }
 
     fn jail_name(&self, id: JailId) -> &str {
@@ -940,22 +960,31 @@ impl Daemon {
     /// Writes the held lines: every `Found`, then every `Ban`.
     fn write_log(&mut self, p: &Pipeline) {
         self.unlogged_since = None;
-        let mut found = std::mem::take(&mut self.found);
-        for f in found.drain(..) {
-            let jail = p.jail_name(f.jail);
-            let ip = f.ip;
-            // `failures` is recorded only when set (not for the one that bans).
-            tracing::info!(message_id = log::FOUND, jail, ip = %ip, failures = f.failures, "[{jail}] Found {ip}");
-        }
-        // Keep the buffer's capacity for the next drain.
-        self.found = found;
+        let mut lines = Vec::with_capacity(self.found.len() + self.added.len());
+        lines.extend(self.found.drain(..).map(|f| Line::Found {
+            jail: p.jail_label(f.jail),
+            ip: f.ip,
+            failures: f.failures,
+        }));
         let mut added = std::mem::take(&mut self.added);
         for ban in added.drain(..) {
-            self.log_ban(p, &ban, false);
+            lines.push(self.ban_line(p, &ban, false));
         }
+        // Keep the buffer's capacity for the next drain.
         self.added = added;
         for b in std::mem::take(&mut self.added_prefixes) {
-            self.log_prefix_ban(p, &b);
+            lines.push(self.prefix_ban_line(p, &b));
+        }
+        self.emit(lines);
+    }
+
+    /// Has `lines` written after every line handed over before them.
+    fn emit(&mut self, lines: Vec<Line>) {
+        if lines.is_empty() {
+            return;
+        }
+        if let Err(lines) = self.committer.write(lines) {
+            lines.iter().for_each(Line::write);
         }
     }
 
@@ -1005,9 +1034,14 @@ impl Daemon {
         Ok(())
     }
 
-    fn log_unban(&mut self, jail: &str, what: &dyn std::fmt::Display, how: &str) {
+    fn log_unban(&mut self, jail: &str, what: &dyn std::fmt::Display, how: &'static str) {
         self.counters.unbans += 1;
-        tracing::warn!(message_id = log::UNBAN, jail, ip = %what, "[{jail}] Unban {what}{how}");
+        let line = Line::Unban {
+            jail: Arc::from(jail),
+            what: what.to_string(),
+            how,
+        };
+        self.emit(vec![line]);
     }
 
     /// Applies the prefix bans the tracker decided; their lines wait in
@@ -1037,36 +1071,30 @@ impl Daemon {
         Ok(())
     }
 
-    fn log_prefix_ban(&mut self, p: &Pipeline, b: &PrefixBan) {
+    /// Counts a prefix ban; its line.
+    fn prefix_ban_line(&mut self, p: &Pipeline, b: &PrefixBan) -> Line {
         self.counters.bans += 1;
-        let jail = p.jail_name(b.jail);
-        jail_counters(&mut self.per_jail, jail, |c| c.bans += 1);
-        let bantime = b.bantime.secs();
-        tracing::warn!(
-            message_id = log::BAN,
+        let jail = p.jail_label(b.jail);
+        jail_counters(&mut self.per_jail, &jail, |c| c.bans += 1);
+        Line::PrefixBan {
             jail,
-            ip = %b.net,
-            bantime,
-            "[{jail}] Ban {} (several addresses of this prefix were banned)",
-            b.net
-        );
+            net: b.net,
+            bantime: b.bantime.secs(),
+        }
     }
 
-    fn log_ban(&mut self, p: &Pipeline, ban: &Ban, manual: bool) {
+    /// Counts a ban; its line.
+    fn ban_line(&mut self, p: &Pipeline, ban: &Ban, manual: bool) -> Line {
         self.counters.bans += 1;
-        let jail = p.jail_name(ban.jail);
-        jail_counters(&mut self.per_jail, jail, |c| c.bans += 1);
-        let bantime = ban.bantime.secs();
-        tracing::warn!(
-            message_id = log::BAN,
+        let jail = p.jail_label(ban.jail);
+        jail_counters(&mut self.per_jail, &jail, |c| c.bans += 1);
+        Line::Ban {
             jail,
-            ip = %ban.ip,
-            bantime,
-            ban_count = ban.count,
+            ip: ban.ip,
+            bantime: ban.bantime.secs(),
+            count: ban.count,
             manual,
-            "[{jail}] Ban {}",
-            ban.ip
-        );
+        }
     }
 
     /// Writes the state file if anything changed.
