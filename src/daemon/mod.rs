@@ -5,6 +5,8 @@
 //! tracker; the bans of one wakeup go to the firewall as one netlink batch,
 //! except while a long backlog is read: then batches go to a second thread
 //! as they fill (`committer.rs`), and the drain waits for them at its end.
+//! That thread also writes the `Found`/`Ban` lines, after the bans they
+//! report (`lines.rs`).
 //! The state file (journal position, active bans, ban history) is written
 //! after the firewall has the bans, so a saved position always means
 //! "everything up to here is in the kernel and on disk".
