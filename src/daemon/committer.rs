@@ -64,18 +64,7 @@ impl Committer {
         let (outcome_tx, outcomes) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("banjo-commit".into())
-            .spawn(move || {
-                for job in job_queue {
-                    match job {
-                        Job::Commit(elements) => {
-                            if outcome_tx.send(firewall.add(&elements)).is_err() {
-                                break;
-                            }
-                        }
-                        Job::Write(lines) => lines.iter().for_each(Line::write),
-                    }
-                }
-            })?;
+            .spawn(move || work(&mut firewall, &job_queue, &outcome_tx))?;
         Ok(Committer {
             jobs: Some(jobs),
             outcomes,
@@ -152,6 +141,45 @@ impl Committer {
 
     fn report(&mut self, outcome: Result<(), CommitError>) -> Option<Committed> {
         Some((self.in_flight.pop_front()?, outcome))
+    }
+}
+
+/// Lines written between two looks for batches to commit.
+const LINES_BETWEEN_LOOKS: usize = 256;
+
+/// The thread: batches are committed as they come, ahead of lines still to
+/// be written (a ban's lines are only handed over once it has landed, so
+/// they stay behind it); lines are written in order, a few hundred (under
+/// a millisecond) at a time. Ends when the channel closes, the lines all
+/// written.
+fn work(
+    firewall: &mut Firewall,
+    jobs: &Receiver<Job>,
+    outcomes: &Sender<Result<(), firewall::Error>>,
+) {
+    let mut to_write: VecDeque<Line> = VecDeque::new();
+    loop {
+        let job = match to_write.is_empty() {
+            true => jobs.recv().ok(),
+            false => jobs.try_recv().ok(),
+        };
+        match job {
+            Some(Job::Commit(elements)) => {
+                if outcomes.send(firewall.add(&elements)).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Job::Write(lines)) => {
+                to_write.extend(lines);
+                continue;
+            }
+            // Closed with nothing left to write.
+            None if to_write.is_empty() => return,
+            None => {}
+        }
+        let n = to_write.len().min(LINES_BETWEEN_LOOKS);
+        to_write.drain(..n).for_each(|line| line.write());
     }
 }
 
