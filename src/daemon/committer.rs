@@ -21,14 +21,14 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::{self, JoinHandle};
 
-use super::lines::Line;
+use super::lines::Batch;
 use crate::firewall::{self, Element, Firewall};
 use crate::ticket::Ban;
 
 /// What the thread is asked to do.
 enum Job {
     Commit(Vec<Element>),
-    Write(Vec<Line>),
+    Write(Batch),
 }
 
 /// A batch the thread is done with: its bans, and whether the kernel took
@@ -93,7 +93,7 @@ impl Committer {
     /// Hands `lines` over, to be written after every job handed over
     /// before them. If the thread is gone, gives them back for the caller
     /// to write itself.
-    pub(super) fn write(&mut self, lines: Vec<Line>) -> Result<(), Vec<Line>> {
+    pub(super) fn write(&mut self, lines: Batch) -> Result<(), Batch> {
         match self.hand(Job::Write(lines)) {
             Ok(()) => Ok(()),
             Err(Job::Write(lines)) => Err(lines),
@@ -157,7 +157,7 @@ fn work(
     jobs: &Receiver<Job>,
     outcomes: &Sender<Result<(), firewall::Error>>,
 ) {
-    let mut to_write: VecDeque<Line> = VecDeque::new();
+    let mut to_write: VecDeque<Batch> = VecDeque::new();
     loop {
         let job = match to_write.is_empty() {
             true => jobs.recv().ok(),
@@ -170,16 +170,19 @@ fn work(
                 }
                 continue;
             }
-            Some(Job::Write(lines)) => {
-                to_write.extend(lines);
+            Some(Job::Write(batch)) => {
+                to_write.push_back(batch);
                 continue;
             }
             // Closed with nothing left to write.
             None if to_write.is_empty() => return,
             None => {}
         }
-        let n = to_write.len().min(LINES_BETWEEN_LOOKS);
-        to_write.drain(..n).for_each(|line| line.write());
+        if let Some(batch) = to_write.front_mut() {
+            if !batch.write_some(LINES_BETWEEN_LOOKS) {
+                to_write.pop_front();
+            }
+        }
     }
 }
 

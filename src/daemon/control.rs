@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::lines::Batch;
 use super::{element, now_micros, Daemon, Mode, Pipeline};
 use crate::control::{Peer, Request, Response};
 use crate::jail::JailId;
@@ -148,7 +149,11 @@ impl Daemon {
             }
             return Err(e.to_string());
         }
-        let lines = bans.iter().map(|b| self.ban_line(p, b, true)).collect();
+        let mut lines = Batch::new(&p.names);
+        for ban in &bans {
+            let line = self.ban_line(p, ban, true);
+            lines.push(line);
+        }
         self.emit(lines);
         let sent = self.send_prefixes(p).map_err(|e| e.to_string());
         self.write_log(p);
@@ -202,7 +207,7 @@ impl Daemon {
             let name = p.jail_name(id).to_string();
             for net in known {
                 p.tracker.forget_prefix_ban(id, net);
-                self.log_unban(&name, &net, "");
+                self.log_unban(p, &name, &net, "");
                 unbanned.push(json!({ "jail": name, "ip": net.to_string() }));
             }
         }
@@ -232,7 +237,7 @@ impl Daemon {
             let name = p.jail_name(id).to_string();
             for ip in known {
                 p.tracker.forget_ban(id, ip);
-                self.log_unban(&name, &ip, "");
+                self.log_unban(p, &name, &ip, "");
                 unbanned.push(json!({ "jail": name, "ip": ip.to_string() }));
             }
         }

@@ -26,7 +26,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{ppoll, PollFd, PollFlags};
@@ -35,7 +34,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::time::TimeSpec;
 
 use self::committer::{CommitError, Committer};
-use self::lines::Line;
+use self::lines::{Batch, Line, Names, Unban};
 use crate::config::Config;
 use crate::filter::{Cache, Filter, Hit, Outcome};
 use crate::firewall::{Change, Element, Firewall, PrefixElement};
@@ -179,8 +178,8 @@ struct Pipeline {
     journal: Journal,
     /// For bit `i` of an entry's match mask, the jails that use match `i`.
     jails_of_match: Vec<JailSet>,
-    /// Each jail's name, shared by the lines that name it.
-    labels: Vec<Arc<str>>,
+    /// The jails' names, for the log lines written on the second thread.
+    names: Names,
 }
 
 /// Where the reader is relative to the saved position.
@@ -442,10 +441,10 @@ impl Pipeline {
             .iter()
             .any(|j| j.input == crate::jail::FilterInput::Fail2banLine);
         let journal = Journal::open(&config.journal, &matches, want_line)?;
-        let labels = config
+        let names = config
             .jails
             .iter()
-            .map(|j| Arc::from(j.name.as_str()))
+            .map(|j| j.name.clone().into_boxed_str())
             .collect();
         Ok(Pipeline {
             config,
@@ -454,7 +453,7 @@ impl Pipeline {
             tracker,
             journal,
             jails_of_match,
-            labels,
+            names,
         })
     }
 
@@ -464,13 +463,6 @@ impl Pipeline {
             .iter()
             .position(|j| j.name == name)
             .map(|i| JailId(i as u16))
-    }
-
-    fn jail_label(&self, id: JailId) -> Arc<str> {
-        match self.labels.get(id.index()) {
-            Some(label) => Arc::clone(label),
-            None => Arc::from("?"),
-        }
     }
 
     fn jail_name(&self, id: JailId) -> &str {
@@ -962,31 +954,51 @@ impl Daemon {
     /// Writes the held lines: every `Found`, then every `Ban`.
     fn write_log(&mut self, p: &Pipeline) {
         self.unlogged_since = None;
-        let mut lines = Vec::with_capacity(self.found.len() + self.added.len());
-        lines.extend(self.found.drain(..).map(|f| Line::Found {
-            jail: p.jail_label(f.jail),
-            ip: f.ip,
-            failures: f.failures,
-        }));
-        let mut added = std::mem::take(&mut self.added);
-        for ban in added.drain(..) {
-            lines.push(self.ban_line(p, &ban, false));
+        let mut batch = Batch::new(&p.names);
+        let mut found = std::mem::take(&mut self.found);
+        for f in found.drain(..) {
+            batch = self.push_line(
+                p,
+                batch,
+                Line::Found {
+                    jail: f.jail,
+                    ip: f.ip,
+                    failures: f.failures,
+                },
+            );
         }
         // Keep the buffer's capacity for the next drain.
+        self.found = found;
+        let mut added = std::mem::take(&mut self.added);
+        for ban in added.drain(..) {
+            let line = self.ban_line(p, &ban, false);
+            batch = self.push_line(p, batch, line);
+        }
         self.added = added;
         for b in std::mem::take(&mut self.added_prefixes) {
-            lines.push(self.prefix_ban_line(p, &b));
+            let line = self.prefix_ban_line(p, &b);
+            batch = self.push_line(p, batch, line);
         }
-        self.emit(lines);
+        self.emit(batch);
+    }
+
+    /// Adds `line` to `batch`, handing a full batch over.
+    fn push_line(&mut self, p: &Pipeline, mut batch: Batch, line: Line) -> Batch {
+        batch.push(line);
+        if batch.len() < lines::BATCH {
+            return batch;
+        }
+        self.emit(batch);
+        Batch::new(&p.names)
     }
 
     /// Has `lines` written after every line handed over before them.
-    fn emit(&mut self, lines: Vec<Line>) {
-        if lines.is_empty() {
+    fn emit(&mut self, lines: Batch) {
+        if lines.len() == 0 {
             return;
         }
         if let Err(lines) = self.committer.write(lines) {
-            lines.iter().for_each(Line::write);
+            lines.write_all();
         }
     }
 
@@ -1002,7 +1014,7 @@ impl Daemon {
                     let name = p.jail_name(jail).to_string();
                     for ip in ips {
                         if p.tracker.forget_ban(jail, ip) {
-                            self.log_unban(&name, &ip, " (removed from the set by hand)");
+                            self.log_unban(p, &name, &ip, " (removed from the set by hand)");
                         }
                     }
                     self.dirty = true;
@@ -1011,7 +1023,7 @@ impl Daemon {
                     let name = p.jail_name(jail).to_string();
                     for net in nets {
                         if p.tracker.forget_prefix_ban(jail, net) {
-                            self.log_unban(&name, &net, " (removed from the set by hand)");
+                            self.log_unban(p, &name, &net, " (removed from the set by hand)");
                         }
                     }
                     self.dirty = true;
@@ -1036,14 +1048,21 @@ impl Daemon {
         Ok(())
     }
 
-    fn log_unban(&mut self, jail: &str, what: &dyn std::fmt::Display, how: &'static str) {
+    fn log_unban(
+        &mut self,
+        p: &Pipeline,
+        jail: &str,
+        what: &dyn std::fmt::Display,
+        how: &'static str,
+    ) {
         self.counters.unbans += 1;
-        let line = Line::Unban {
-            jail: Arc::from(jail),
+        let mut batch = Batch::new(&p.names);
+        batch.push(Line::Unban(Box::new(Unban {
+            jail: jail.to_string(),
             what: what.to_string(),
             how,
-        };
-        self.emit(vec![line]);
+        })));
+        self.emit(batch);
     }
 
     /// Applies the prefix bans the tracker decided; their lines wait in
@@ -1076,10 +1095,9 @@ impl Daemon {
     /// Counts a prefix ban; its line.
     fn prefix_ban_line(&mut self, p: &Pipeline, b: &PrefixBan) -> Line {
         self.counters.bans += 1;
-        let jail = p.jail_label(b.jail);
-        jail_counters(&mut self.per_jail, &jail, |c| c.bans += 1);
+        jail_counters(&mut self.per_jail, p.jail_name(b.jail), |c| c.bans += 1);
         Line::PrefixBan {
-            jail,
+            jail: b.jail,
             net: b.net,
             bantime: b.bantime.secs(),
         }
@@ -1088,10 +1106,9 @@ impl Daemon {
     /// Counts a ban; its line.
     fn ban_line(&mut self, p: &Pipeline, ban: &Ban, manual: bool) -> Line {
         self.counters.bans += 1;
-        let jail = p.jail_label(ban.jail);
-        jail_counters(&mut self.per_jail, &jail, |c| c.bans += 1);
+        jail_counters(&mut self.per_jail, p.jail_name(ban.jail), |c| c.bans += 1);
         Line::Ban {
-            jail,
+            jail: ban.jail,
             ip: ban.ip,
             bantime: ban.bantime.secs(),
             count: ban.count,
