@@ -127,3 +127,36 @@ fn the_old_reader_is_kept_when_its_entry_is_gone() {
     );
     assert!(j.is_at(&cursor));
 }
+
+/// A reader polled on a timer looks again from its cursor after a run of
+/// empty reads (after 8, then 16, then every 32): whatever the number of
+/// empty reads between two appends, each entry is read exactly once.
+#[test]
+fn empty_reads_between_appends_neither_lose_nor_repeat_an_entry() {
+    let mut dir = JournalDir::new();
+    let base = now_micros() - 3_600_000_000;
+    dir.write_file("old", &numbered(base, 0, 5));
+    let mut j = open_at_start(&dir);
+    // Watched, so that `process` finds the file the appends go to.
+    j.fd().unwrap();
+    let mut seen = Vec::new();
+    read_all(&mut j, &mut seen);
+    let mut next = 5;
+    // 0 to 40 empty reads between appends: before, at and past each
+    // look again, the backoff included.
+    for empty in [0, 1, 7, 8, 9, 16, 17, 40, 100] {
+        for _ in 0..empty {
+            assert!(j.next_entry().unwrap().is_none());
+        }
+        for e in numbered(base, next, 2) {
+            dir.append(&e);
+        }
+        next += 2;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while seen.len() < next as usize && std::time::Instant::now() < deadline {
+            j.process().unwrap();
+            read_all(&mut j, &mut seen);
+        }
+    }
+    assert_read(&seen, 0, next);
+}
