@@ -178,17 +178,22 @@ impl<R: Read> BlockReader<R> {
 mod tests {
     use super::*;
 
-    /// Every block of `input`, as (first line, lines, too long, text).
+    /// A block as (first line, lines, too long, its lines joined by `|`).
+    fn summary(b: &Block) -> (u64, u64, u64, String) {
+        let text = b
+            .lines()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("|");
+        (b.first_line, b.lines, b.too_long, text)
+    }
+
+    /// Every block of `input`, summarised.
     fn blocks(input: &[u8]) -> Vec<(u64, u64, u64, String)> {
         let mut r = BlockReader::new(input);
         let mut out = Vec::new();
         while let Some(b) = r.next_block().expect("reading a slice") {
-            let text = b
-                .lines()
-                .map(|l| String::from_utf8_lossy(l).into_owned())
-                .collect::<Vec<_>>()
-                .join("|");
-            out.push((b.first_line, b.lines, b.too_long, text));
+            out.push(summary(&b));
         }
         out
     }
@@ -242,12 +247,7 @@ mod tests {
         let mut r = BlockReader::new(&input[..]);
         let mut refilled = Vec::new();
         while let Some(b) = r.next_block().expect("reading a slice") {
-            let text = b
-                .lines()
-                .map(|l| String::from_utf8_lossy(l).into_owned())
-                .collect::<Vec<_>>()
-                .join("|");
-            refilled.push((b.first_line, b.lines, b.too_long, text));
+            refilled.push(summary(&b));
             // Dirty, so a buffer not cleared before refilling shows.
             let mut data = b.data;
             data.extend_from_slice(b"junk\n");
