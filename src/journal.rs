@@ -181,9 +181,11 @@ pub struct Journal {
     line_fields: [Vec<u8>; 4],
     /// `process` reported a change that no read has followed up yet.
     changed: bool,
-    /// Empty reads since the last entry or the last look again, and how
-    /// many make the next look again due (see [`Journal::look_again`]).
-    misses: (u32, u32),
+    /// Empty reads since the last entry or the last look again...
+    misses: u32,
+    /// ...and how many make the next look again due (see
+    /// [`Journal::look_again`]).
+    look_after: u32,
     line: Vec<u8>,
 }
 
@@ -227,7 +229,8 @@ impl Journal {
             message: Vec::with_capacity(4096),
             want_line,
             changed: false,
-            misses: (0, LOOK_AGAIN_FIRST),
+            misses: 0,
+            look_after: LOOK_AGAIN_FIRST,
             line_fields: Default::default(),
             line: Vec::new(),
         })
@@ -303,18 +306,17 @@ impl Journal {
     pub fn next_entry(&mut self) -> Result<Option<Entry<'_>>, Error> {
         let mut advanced = self.step_forward()?;
         if !advanced {
-            let notified = std::mem::take(&mut self.changed);
-            let (misses, due) = &mut self.misses;
-            *misses += 1;
-            if notified || *misses >= *due {
+            self.misses += 1;
+            if std::mem::take(&mut self.changed) || self.misses >= self.look_after {
                 // Each look that finds nothing waits twice as long for the next.
-                *misses = 0;
-                *due = (*due * 2).min(LOOK_AGAIN_LAST);
+                self.misses = 0;
+                self.look_after = (self.look_after * 2).min(LOOK_AGAIN_LAST);
                 advanced = self.look_again()?;
             }
         }
         if advanced {
-            self.misses = (0, LOOK_AGAIN_FIRST);
+            self.misses = 0;
+            self.look_after = LOOK_AGAIN_FIRST;
         }
         if !advanced && self.read >= REOPEN_AFTER {
             // Whatever the outcome, not again for another REOPEN_AFTER entries.

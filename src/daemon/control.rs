@@ -152,7 +152,9 @@ impl Daemon {
         let mut lines = Batch::new(&p.names);
         for ban in &bans {
             let line = self.ban_line(p, ban, true);
-            lines.push(line);
+            if let Some(full) = lines.push(line) {
+                self.emit(full);
+            }
         }
         self.emit(lines);
         let sent = self.send_prefixes(p).map_err(|e| e.to_string());

@@ -22,7 +22,7 @@ use crate::net::IpNet;
 
 /// Lines per batch: small enough that a batch's buffer is reused from the
 /// heap rather than mapped and unmapped each time.
-pub(super) const BATCH: usize = 2048;
+const BATCH: usize = 2048;
 
 /// The jails' names, by [`JailId`].
 pub(super) type Names = Arc<[Box<str>]>;
@@ -81,8 +81,24 @@ impl Batch {
         }
     }
 
-    pub(super) fn push(&mut self, line: Line) {
+    /// A batch of one line.
+    pub(super) fn of(names: &Names, line: Line) -> Batch {
+        Batch {
+            names: Arc::clone(names),
+            lines: vec![line],
+        }
+    }
+
+    /// Adds `line`. When that fills the batch, it is returned to be handed
+    /// over, and this one starts again empty.
+    #[must_use]
+    pub(super) fn push(&mut self, line: Line) -> Option<Batch> {
         self.lines.push(line);
+        if self.lines.len() < BATCH {
+            return None;
+        }
+        let fresh = Batch::new(&self.names);
+        Some(std::mem::replace(self, fresh))
     }
 
     pub(super) fn len(&self) -> usize {

@@ -626,14 +626,6 @@ fn jail_counters(
     }
 }
 
-/// A counted failure whose `Found` line is not written yet.
-struct Found {
-    jail: JailId,
-    ip: IpAddr,
-    /// Failures inside findtime; `None` for the one that bans.
-    failures: Option<u32>,
-}
-
 struct Daemon {
     config_path: PathBuf,
     firewall: Firewall,
@@ -648,9 +640,9 @@ struct Daemon {
     pending: Vec<Ban>,
     pending_since: Option<Instant>,
     /// Log lines held until the bans of the drain are in the kernel (see
-    /// `LOG_AT`): failures counted, bans and prefix bans added, and since
-    /// when the oldest waits.
-    found: Vec<Found>,
+    /// `LOG_AT`): failures counted (their `Found` lines), bans and prefix
+    /// bans added, and since when the oldest waits.
+    found: Vec<Line>,
     added: Vec<Ban>,
     added_prefixes: Vec<PrefixBan>,
     unlogged_since: Option<Instant>,
@@ -854,7 +846,7 @@ impl Daemon {
         jail_counters(&mut self.per_jail, jail, |c| c.failures += 1);
         self.counted = true;
         self.unlogged_since.get_or_insert_with(Instant::now);
-        self.found.push(Found {
+        self.found.push(Line::Found {
             jail: failure.jail,
             ip: failure.ip.to_canonical(),
             failures,
@@ -956,40 +948,28 @@ impl Daemon {
         self.unlogged_since = None;
         let mut batch = Batch::new(&p.names);
         let mut found = std::mem::take(&mut self.found);
-        for f in found.drain(..) {
-            batch = self.push_line(
-                p,
-                batch,
-                Line::Found {
-                    jail: f.jail,
-                    ip: f.ip,
-                    failures: f.failures,
-                },
-            );
+        for line in found.drain(..) {
+            if let Some(full) = batch.push(line) {
+                self.emit(full);
+            }
         }
         // Keep the buffer's capacity for the next drain.
         self.found = found;
         let mut added = std::mem::take(&mut self.added);
         for ban in added.drain(..) {
             let line = self.ban_line(p, &ban, false);
-            batch = self.push_line(p, batch, line);
+            if let Some(full) = batch.push(line) {
+                self.emit(full);
+            }
         }
         self.added = added;
         for b in std::mem::take(&mut self.added_prefixes) {
             let line = self.prefix_ban_line(p, &b);
-            batch = self.push_line(p, batch, line);
+            if let Some(full) = batch.push(line) {
+                self.emit(full);
+            }
         }
         self.emit(batch);
-    }
-
-    /// Adds `line` to `batch`, handing a full batch over.
-    fn push_line(&mut self, p: &Pipeline, mut batch: Batch, line: Line) -> Batch {
-        batch.push(line);
-        if batch.len() < lines::BATCH {
-            return batch;
-        }
-        self.emit(batch);
-        Batch::new(&p.names)
     }
 
     /// Has `lines` written after every line handed over before them.
@@ -1056,13 +1036,12 @@ impl Daemon {
         how: &'static str,
     ) {
         self.counters.unbans += 1;
-        let mut batch = Batch::new(&p.names);
-        batch.push(Line::Unban(Box::new(Unban {
+        let line = Line::Unban(Box::new(Unban {
             jail: jail.to_string(),
             what: what.to_string(),
             how,
-        })));
-        self.emit(batch);
+        }));
+        self.emit(Batch::of(&p.names, line));
     }
 
     /// Applies the prefix bans the tracker decided; their lines wait in

@@ -767,16 +767,16 @@ fn exact_inputs<'h>(
     exact: &'h Regex,
     hay: &'h [u8],
 ) -> impl Iterator<Item = Search<'h>> + 'h {
-    let mut whole = c.lead.is_none().then(|| Search {
+    let whole = c.lead.is_none().then(|| Search {
         regex: exact,
         tail: false,
         input: Input::new(hay),
     });
-    let mut past_lead = c.lead.as_ref().map(|lead| lead.searches(exact, hay));
-    std::iter::from_fn(move || match whole.take() {
-        Some(search) => Some(search),
-        None => past_lead.as_mut()?.next(),
-    })
+    let past_lead = c
+        .lead
+        .iter()
+        .flat_map(move |lead| lead.searches(exact, hay));
+    whole.into_iter().chain(past_lead)
 }
 
 /// Whether every look-around the relaxed match went through holds.
