@@ -65,6 +65,9 @@ struct Relaxed {
 pub(crate) struct Compiled {
     /// regex-automata (ASCII, bytes), when the pattern is regular.
     exact: Option<Regex>,
+    /// `exact` searched by the backtracker alone, for an anchored
+    /// failregex tried where it most likely matches ([`Tries`]).
+    likely: Option<Regex>,
     /// The literal every match of the unanchored pattern starts with, if
     /// any: `exact` is then the pattern without it, searched anchored past
     /// its occurrences.
@@ -135,6 +138,20 @@ impl<'a> Groups<'a> {
     }
 }
 
+/// How a line's failregexes are tried, and whether they are likely to
+/// match it (which picks the search: see [`Compiled::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tries {
+    /// Only those the combined pass ([`Imported::prefilter`]) listed, which
+    /// nearly always match.
+    Listed,
+    /// All, in order, on a line the caller expects to match (see
+    /// `Cache::skip_combined_pass`).
+    Expected,
+    /// All, in order, most of them failing.
+    Blind,
+}
+
 /// Whether a pattern mostly matches the lines it is searched in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Odds {
@@ -170,6 +187,16 @@ impl Compiled {
             },
             None => (None, None),
         };
+        // A failregex mostly fails where it is tried blind, but nearly
+        // always matches where the combined pass listed it or the caller
+        // expects matches: there the DFA's pass to find the match first
+        // is wasted.
+        let likely = match (exact_text.as_deref(), &exact, &lead) {
+            (Some(text), Some(_), None) if anchored && !backtrack_only => {
+                Some(exact_regex(text, true)?)
+            }
+            _ => None,
+        };
         let relaxed = match (&exact, pattern.lookarounds()) {
             (None, Some(looks)) => Some(relaxed(&pattern, looks, backtrack_only)?),
             _ => None,
@@ -190,6 +217,7 @@ impl Compiled {
         Ok((
             Compiled {
                 exact,
+                likely,
                 lead,
                 relaxed,
                 fancy,
@@ -272,9 +300,9 @@ impl<'a> Text<'a> {
 /// Per-thread search state of the imported jails.
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    /// Per [`Compiled`]: the cache and groups of its regex, and of its
-    /// lead's tail (see `lead.rs`).
-    captures: Vec<[Option<(meta::Cache, Captures)>; 2]>,
+    /// Per [`Compiled`]: the cache and groups of its regex, of its lead's
+    /// tail (see `lead.rs`) and of its `likely` regex.
+    captures: Vec<[Option<(meta::Cache, Captures)>; 3]>,
     /// Per imported jail: the multi-line failure-id cache.
     mlfid: Vec<HashMap<String, (Instant, Fail)>>,
     all: Option<meta::Cache>,
@@ -550,7 +578,9 @@ impl Imported {
     /// Fresh per-thread state.
     pub(crate) fn state(&self) -> State {
         State {
-            captures: (0..self.compiled_count).map(|_| [None, None]).collect(),
+            captures: (0..self.compiled_count)
+                .map(|_| [None, None, None])
+                .collect(),
             mlfid: (0..self.jails.len()).map(|_| HashMap::new()).collect(),
             all: self.all.as_ref().map(Regex::create_cache),
             set: self.all.as_ref().map(|a| PatternSet::new(a.pattern_len())),
@@ -578,17 +608,17 @@ impl Imported {
         !set.is_empty()
     }
 
-    /// fail2ban's `findFailure` for imported jail `j` on `text`.
-    /// `use_candidates`: only failregexes the prefilter reported can match
-    /// (ASCII lines); otherwise all are tried.
+    /// fail2ban's `findFailure` for imported jail `j` on `text`, trying
+    /// its failregexes as `tries` says.
     pub(crate) fn eval(
         &self,
         j: usize,
         state: &mut State,
         text: &Text<'_>,
-        use_candidates: bool,
+        tries: Tries,
     ) -> Option<Found> {
         let jail = self.jails.get(j)?;
+        let use_candidates = tries == Tries::Listed;
         if use_candidates {
             let set = state.set.as_ref()?;
             if !jail.pids.iter().any(|p| set.contains(*p))
@@ -609,7 +639,7 @@ impl Imported {
             let half = end.search_half_with(cache, &Input::new(text.bytes))?;
             content = text.tail(half.offset().checked_sub(1)?);
         } else if let Some(p) = &jail.prefregex {
-            if !captures(p, state, text, &mut pre) {
+            if !captures(p, state, text, false, &mut pre) {
                 return None;
             }
             if let Some(i) = pre.0.iter().rposition(|g| g.name == "content") {
@@ -648,7 +678,7 @@ impl Imported {
                 }
             }
             groups.0.truncate(pre_len);
-            if !captures(c, state, buf, &mut groups) {
+            if !captures(c, state, buf, tries != Tries::Blind, &mut groups) {
                 continue;
             }
             if jail.ignore.iter().any(|c| is_match(c, state, buf)) {
@@ -753,7 +783,7 @@ fn is_match(c: &Compiled, state: &mut State, text: &Text<'_>) -> bool {
             return exact_inputs(c, exact, text.bytes).any(|s| s.regex.is_match(s.input));
         }
         if c.relaxed.is_some() {
-            return raw_captures(c, state, text, &mut Groups::default());
+            return raw_captures(c, state, text, false, &mut Groups::default());
         }
     }
     c.fancy()
@@ -800,9 +830,17 @@ fn looks_hold(r: &Relaxed, caps: &Captures, hay: &[u8]) -> bool {
 /// Searches `c` in `text` and appends the named groups that took part to
 /// `out`, with fail2ban's alternative names folded in (`alt_user`,
 /// `alt_user_2`, ... give `user` when it has no value). `false`: no match.
-fn captures<'a>(c: &'a Compiled, state: &mut State, text: &Text<'a>, out: &mut Groups<'a>) -> bool {
+/// The groups of `c`'s match in `text`, appended to `out`; whether it
+/// matched. `likely`: `c` most likely matches (see [`Tries`]).
+fn captures<'a>(
+    c: &'a Compiled,
+    state: &mut State,
+    text: &Text<'a>,
+    likely: bool,
+    out: &mut Groups<'a>,
+) -> bool {
     let first = out.0.len();
-    if !raw_captures(c, state, text, out) {
+    if !raw_captures(c, state, text, likely, out) {
         return false;
     }
     for i in first..out.0.len() {
@@ -830,6 +868,7 @@ fn raw_captures<'a>(
     c: &'a Compiled,
     state: &mut State,
     text: &Text<'a>,
+    likely: bool,
     out: &mut Groups<'a>,
 ) -> bool {
     if text.ascii {
@@ -837,6 +876,16 @@ fn raw_captures<'a>(
             let Some(slots) = state.captures.get_mut(c.id) else {
                 return false;
             };
+            if let (true, Some(regex)) = (likely, &c.likely) {
+                let (cache, caps) =
+                    slots[2].get_or_insert_with(|| (regex.create_cache(), regex.create_captures()));
+                regex.search_captures_with(cache, &Input::new(text.bytes), caps);
+                if !caps.is_match() {
+                    return false;
+                }
+                push_groups(c, caps, text.str, out);
+                return true;
+            }
             let found = exact_inputs(c, exact, text.bytes).find_map(|search| {
                 let k = usize::from(search.tail);
                 let (cache, caps) = slots[k].get_or_insert_with(|| {
@@ -854,7 +903,7 @@ fn raw_captures<'a>(
             return true;
         }
         if let Some(r) = &c.relaxed {
-            let Some([slot, _]) = state.captures.get_mut(c.id) else {
+            let Some([slot, ..]) = state.captures.get_mut(c.id) else {
                 return false;
             };
             let (cache, caps) =
@@ -1002,7 +1051,43 @@ mod tests {
         if t.ascii && !cand {
             return None;
         }
-        imp.eval(0, state, &t, t.ascii)
+        let tries = if t.ascii { Tries::Listed } else { Tries::Blind };
+        let found = imp.eval(0, state, &t, tries);
+        // Each way of trying the failregexes finds the same.
+        for other in [Tries::Expected, Tries::Blind] {
+            assert_eq!(
+                imp.eval(0, state, &t, other),
+                found,
+                "{other:?} on {line:?}"
+            );
+        }
+        found
+    }
+
+    #[test]
+    fn expected_and_listed_tries_take_the_backtracker_alone() {
+        let imp = Imported::new(&[Spec {
+            name: "postfix".into(),
+            prefregex: Some(r"^\S+ \S+: <F-CONTENT>.+</F-CONTENT>$".into()),
+            failregex: vec![
+                (1, r"^RCPT from [^[]*\[<HOST>\]: 5\d\d ".into()),
+                (2, r"^from [^[]*\[<HOST>\]:?".into()),
+            ],
+            ignoreregex: vec![],
+        }])
+        .expect("compiles");
+        let anchored_failregexes = imp.jails[0].fail.iter().map(|(_, c)| c);
+        assert!(anchored_failregexes.clone().all(|c| c.likely.is_some()));
+        let mut state = imp.state();
+        for (line, host) in [
+            ("h smtpd: RCPT from x[192.0.2.1]: 554 no", Some("192.0.2.1")),
+            ("h smtpd: RCPT from x[192.0.2.1]: 454 later", None),
+            ("h smtpd: from y[192.0.2.2]", Some("192.0.2.2")),
+            ("h smtpd: connect from z[192.0.2.3]", None),
+        ] {
+            let found = run(&imp, &mut state, line);
+            assert_eq!(found.and_then(|f| f.host).as_deref(), host, "{line}");
+        }
     }
 
     #[test]

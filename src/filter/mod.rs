@@ -92,7 +92,7 @@ use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
 use crate::jail::{FilterInput, Jail, JailId, JailSet, MAX_JAILS};
 
 use self::host::HostKind;
-use self::imported::{Imported, Spec, Text};
+use self::imported::{Imported, Spec, Text, Tries};
 
 /// Marks the first failregex of a [`FilterInput::Fail2banLine`] jail as
 /// its fail2ban `prefregex` (it is a Python comment group, so the entry
@@ -317,6 +317,8 @@ pub struct Cache {
     /// (see `Imported::wants_prefilter`), a caller's after
     /// [`Cache::skip_combined_pass`].
     combined_pass: bool,
+    /// The caller expects the lines to match ([`Cache::skip_combined_pass`]).
+    expects_matches: bool,
 }
 
 impl Cache {
@@ -326,6 +328,7 @@ impl Cache {
     /// only pays when it rejects most lines). The outcome is the same.
     pub fn skip_combined_pass(&mut self) {
         self.combined_pass = false;
+        self.expects_matches = true;
     }
 }
 
@@ -601,6 +604,7 @@ impl Filter {
                 .imported
                 .as_ref()
                 .is_some_and(Imported::wants_prefilter),
+            expects_matches: false,
         }
     }
 
@@ -700,15 +704,19 @@ impl Filter {
             str: &lossy,
             ascii,
         };
-        let use_candidates = ascii && cache.combined_pass;
-        if use_candidates && !imp.prefilter(state, &text) {
+        let tries = match (ascii && cache.combined_pass, cache.expects_matches) {
+            (true, _) => Tries::Listed,
+            (false, true) => Tries::Expected,
+            (false, false) => Tries::Blind,
+        };
+        if tries == Tries::Listed && !imp.prefilter(state, &text) {
             return;
         }
         for (k, id) in self.imported_ids.iter().enumerate() {
             if !jails.contains(*id) {
                 continue;
             }
-            if let Some(found) = imp.eval(k, state, &text, use_candidates) {
+            if let Some(found) = imp.eval(k, state, &text, tries) {
                 sink(
                     Hit {
                         jail: *id,
