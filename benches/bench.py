@@ -1262,8 +1262,9 @@ def main():
                    help="addresses in the peers' ban-throughput runs (banjo: 10 000)")
     p.add_argument("--peer-timeout", type=float, default=240)
     p.add_argument("--max-load", type=float, default=None,
-                   help="wait until the 1-minute load average is below this")
-    p.add_argument("--load-wait", type=float, default=15, help="minutes to wait for --max-load")
+                   help="before each section, wait until the 1-minute load average is below this")
+    p.add_argument("--load-wait", type=float, default=15,
+                   help="minutes to wait for --max-load, at most, before each section")
     p.add_argument("--out", default=None, help="write the results (JSON) here")
     a = p.parse_args()
     a.latency_modes = [m for m in a.latency_modes.split(",") if m]
@@ -1278,11 +1279,18 @@ def main():
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(130))
 
-    if a.max_load is not None:
+    def settle():
+        # The peers' matching runs alone keep a core busy for minutes: the
+        # next section would start on a machine busy with the last one's
+        # aftermath (its latencies most of all).
+        if a.max_load is None:
+            return
         end = time.time() + 60 * a.load_wait
         while loadavg() >= a.max_load and time.time() < end:
             say("load %.2f >= %.2f: waiting" % (loadavg(), a.max_load))
-            time.sleep(30)
+            time.sleep(15)
+
+    settle()
     load0 = open("/proc/loadavg").read().split()[:3]
     say("load average at start: %s" % " ".join(load0))
     b = Bench(a)
@@ -1292,8 +1300,10 @@ def main():
             b.corpus.ensure()
         for s in SECTIONS:
             if s in only:
-                say("section %s, load average %s" % (s, " ".join(
-                    open("/proc/loadavg").read().split()[:3])))
+                settle()
+                load = open("/proc/loadavg").read().split()[:3]
+                say("section %s, load average %s" % (s, " ".join(load)))
+                b.note("section %s started at load average %s" % (s, "/".join(load)))
                 getattr(b, s)()
     finally:
         cleanup()
