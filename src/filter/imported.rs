@@ -830,8 +830,7 @@ fn looks_hold(r: &Relaxed, caps: &Captures, hay: &[u8]) -> bool {
 /// Searches `c` in `text` and appends the named groups that took part to
 /// `out`, with fail2ban's alternative names folded in (`alt_user`,
 /// `alt_user_2`, ... give `user` when it has no value). `false`: no match.
-/// The groups of `c`'s match in `text`, appended to `out`; whether it
-/// matched. `likely`: `c` most likely matches (see [`Tries`]).
+/// `likely`: `c` most likely matches (see [`Tries`]).
 fn captures<'a>(
     c: &'a Compiled,
     state: &mut State,
