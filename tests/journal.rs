@@ -1,6 +1,7 @@
 //! The journal reader on journal files written by systemd-journal-remote:
 //! the handle it replaces after `REOPEN_AFTER` entries (to drop what
-//! sd_journal mapped) must continue exactly where the old one was.
+//! sd_journal mapped) must continue exactly where the old one was, and the
+//! line it builds for fail2ban's filters must be fail2ban's.
 
 use std::os::fd::BorrowedFd;
 
@@ -159,4 +160,39 @@ fn empty_reads_between_appends_neither_lose_nor_repeat_an_entry() {
         }
     }
     assert_read(&seen, 0, next);
+}
+
+#[test]
+fn fail2bans_line_shows_the_monotonic_time_of_a_pidless_kernel_line_only() {
+    let dir = JournalDir::new();
+    let mono = "_SOURCE_MONOTONIC_TIMESTAMP=12345678\n";
+    let mut kernel = Entry::smtpd(1_700_000_000_000_000, "oops");
+    kernel.ident = "kernel".into();
+    kernel.pid = None;
+    kernel.extra = mono.into();
+    let mut kernel_with_pid = kernel.clone();
+    kernel_with_pid.time += 1;
+    kernel_with_pid.pid = Some(7);
+    let mut smtpd = Entry::smtpd(kernel.time + 2, "connect");
+    smtpd.extra = mono.into();
+    dir.write_file("kernel", &[kernel, kernel_with_pid, smtpd]);
+    let mut j = Journal::open(
+        &Source::Directory(dir.path().to_path_buf()),
+        &postfix_only(),
+        true,
+    )
+    .unwrap();
+    j.seek_time(0).unwrap();
+    let mut lines = Vec::new();
+    while let Some(e) = j.next_entry().unwrap() {
+        lines.push(String::from_utf8(e.line.to_vec()).unwrap());
+    }
+    assert_eq!(
+        lines,
+        [
+            "email kernel: [   12.345678] oops",
+            "email kernel[7]: oops",
+            "email postfix/smtpd[22095]: connect",
+        ]
+    );
 }

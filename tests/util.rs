@@ -185,6 +185,10 @@ pub struct Entry {
     pub time: u64,
     pub unit: String,
     pub ident: String,
+    /// `SYSLOG_PID` and `_PID` (a kernel line has neither).
+    pub pid: Option<u32>,
+    /// More fields, as export-format lines (`NAME=value\n`).
+    pub extra: String,
     pub message: String,
 }
 
@@ -195,6 +199,8 @@ impl Entry {
             time,
             unit: "postfix@-.service".into(),
             ident: "postfix/smtpd".into(),
+            pid: Some(22095),
+            extra: String::new(),
             message: message.into(),
         }
     }
@@ -202,9 +208,16 @@ impl Entry {
     fn export(&self, out: &mut Vec<u8>) {
         // Journal export format; MESSAGE is written in the binary form so
         // any byte is allowed.
+        let pid = self
+            .pid
+            .map_or(String::new(), |p| format!("_PID={p}\nSYSLOG_PID={p}\n"));
         let text = format!(
-            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=email\n_TRANSPORT=syslog\n_PID=22095\nSYSLOG_PID=22095\n_SYSTEMD_UNIT={}\nSYSLOG_IDENTIFIER={}\n",
-            self.time, self.time % 1_000_000_000_000, self.unit, self.ident
+            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=email\n_TRANSPORT=syslog\n{pid}_SYSTEMD_UNIT={}\nSYSLOG_IDENTIFIER={}\n{}",
+            self.time,
+            self.time % 1_000_000_000_000,
+            self.unit,
+            self.ident,
+            self.extra
         );
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(b"MESSAGE\n");
