@@ -232,6 +232,20 @@ def cpu_seconds(pid):
     return own
 
 
+def cpu_times():
+    """The machine's CPU time counters (/proc/stat's first line)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def steal_percent(before, after):
+    """The share of CPU time the hypervisor gave to others between two
+    cpu_times(): on a shared VM, what stretches latencies regardless of
+    the guest's load."""
+    d = [b - a for a, b in zip(before, after)]
+    return 100.0 * d[7] / max(1, sum(d)) if len(d) > 7 else float("nan")
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -876,8 +890,11 @@ class Bench:
                         p50.append(res["p50_ms"])
                         p99.append(res["p99_ms"])
                         all_samples += res["samples_ms"]
-                        say("  %s run %d: p50 %.2f ms, p99 %.2f ms" % (d.name, r + 1,
-                                                                      res["p50_ms"], res["p99_ms"]))
+                        slow = max(range(len(res["samples_ms"])), default=0,
+                                   key=lambda i: res["samples_ms"][i])
+                        say("  %s run %d: p50 %.2f ms, p99 %.2f ms (slowest: trial %d of %d)"
+                            % (d.name, r + 1, res["p50_ms"], res["p99_ms"], slow + 1,
+                               len(res["samples_ms"])))
                     except (TimeoutError, RuntimeError, subprocess.CalledProcessError) as e:
                         self.note("latency %s, %s: %s" % (mode, d.name, getattr(e, "stderr", e)))
                     finally:
@@ -1303,8 +1320,10 @@ def main():
                 settle()
                 load = open("/proc/loadavg").read().split()[:3]
                 say("section %s, load average %s" % (s, " ".join(load)))
-                b.note("section %s started at load average %s" % (s, "/".join(load)))
+                t0 = cpu_times()
                 getattr(b, s)()
+                b.note("section %s: load average %s at its start, CPU steal %.1f %% during it"
+                       % (s, "/".join(load), steal_percent(t0, cpu_times())))
     finally:
         cleanup()
         shutil.rmtree(b.work, ignore_errors=True)

@@ -151,6 +151,9 @@ fn save_every(tracker: &Tracker) -> Duration {
 }
 /// How often stale failures are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// How often the `STATUS=` line systemd shows is brought up to date while
+/// entries flow.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Counters since start, for STATUS=, `banjo stats` and `banjo status`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -687,7 +690,7 @@ struct Daemon {
     /// Start-up or a reload ran since the last trim (`trim.rs`). Their
     /// memory is given back before the first wait that is neither a
     /// ban's imminent read nor followed by a save, i.e. once the
-    /// journal's backlog is read and its results are saved.
+    /// journal's backlog is read, its results are saved and reported.
     trim_due: bool,
 }
 
@@ -736,7 +739,10 @@ impl Daemon {
             self.last_expire = now;
         }
         self.status_stale |= any;
-        if self.status_stale && now.duration_since(self.last_status) >= Duration::from_secs(1) {
+        // The first report after start-up or a reload goes out at once, so
+        // that the trim which follows finds the loop's whole working set.
+        let report_due = self.trim_due || now.duration_since(self.last_status) >= STATUS_EVERY;
+        if self.status_stale && report_due {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status_line(p))]);
             self.last_status = now;
             self.status_stale = false;
