@@ -1,6 +1,6 @@
 #!/bin/sh
 # banjo against fail2ban and fail2ban-rs, side by side: prints one table
-# (see BENCHMARKS.md). Root on Debian 12; about 15-20 minutes.
+# (see BENCHMARKS.md). Root on Debian 12; about 20-25 minutes.
 #
 #   sh benches/run.sh [--runs N] [--only matching,ingestion,latency,throughput,memory,restart,criterion]
 #                     [--max-load 0.8] [--out results.json] ...   (python3 benches/bench.py --help)

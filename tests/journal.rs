@@ -56,12 +56,13 @@ fn assert_read(seen: &[String], from: u64, to: u64) {
     }
 }
 
-/// A reader of `dir`'s postfix entries, before the first one.
-fn open_at_start(dir: &JournalDir) -> Journal {
+/// A reader of `dir`'s postfix entries, before the first one; `want_line`
+/// as for [`Journal::open`].
+fn open_at_start(dir: &JournalDir, want_line: bool) -> Journal {
     let mut j = Journal::open(
         &Source::Directory(dir.path().to_path_buf()),
         &postfix_only(),
-        false,
+        want_line,
     )
     .unwrap();
     j.seek_time(0).unwrap();
@@ -74,7 +75,7 @@ fn the_reopened_reader_neither_loses_nor_repeats_an_entry() {
     let base = now_micros() - 3_600_000_000;
     let n = REOPEN_AFTER + 100;
     dir.write_file("old", &numbered(base, 0, n));
-    let mut j = open_at_start(&dir);
+    let mut j = open_at_start(&dir, false);
     let before = j.fd().unwrap();
     let mut seen = Vec::new();
     read_all(&mut j, &mut seen);
@@ -111,7 +112,7 @@ fn the_old_reader_is_kept_when_its_entry_is_gone() {
     let base = now_micros() - 3_600_000_000;
     let n = REOPEN_AFTER + 1;
     dir.write_file("old", &numbered(base, 0, n));
-    let mut j = open_at_start(&dir);
+    let mut j = open_at_start(&dir, false);
     let before = j.fd().unwrap();
     for i in 0..n {
         let e = j.next_entry().unwrap().expect("an entry");
@@ -137,7 +138,7 @@ fn empty_reads_between_appends_neither_lose_nor_repeat_an_entry() {
     let mut dir = JournalDir::new();
     let base = now_micros() - 3_600_000_000;
     dir.write_file("old", &numbered(base, 0, 5));
-    let mut j = open_at_start(&dir);
+    let mut j = open_at_start(&dir, false);
     // Watched, so that `process` finds the file the appends go to.
     j.fd().unwrap();
     let mut seen = Vec::new();
@@ -176,13 +177,7 @@ fn fail2bans_line_shows_the_monotonic_time_of_a_pidless_kernel_line_only() {
     let mut smtpd = Entry::smtpd(kernel.time + 2, "connect");
     smtpd.extra = mono.into();
     dir.write_file("kernel", &[kernel, kernel_with_pid, smtpd]);
-    let mut j = Journal::open(
-        &Source::Directory(dir.path().to_path_buf()),
-        &postfix_only(),
-        true,
-    )
-    .unwrap();
-    j.seek_time(0).unwrap();
+    let mut j = open_at_start(&dir, true);
     let mut lines = Vec::new();
     while let Some(e) = j.next_entry().unwrap() {
         lines.push(String::from_utf8(e.line.to_vec()).unwrap());
