@@ -739,8 +739,9 @@ impl Daemon {
             self.last_expire = now;
         }
         self.status_stale |= any;
-        // The first report after start-up or a reload goes out at once, so
-        // that the trim which follows finds the loop's whole working set.
+        // The first report after start-up or a reload goes out at once,
+        // so that it runs before the trim (`trim.rs`), not a second after
+        // it, mapping its formatting code back.
         let report_due = self.trim_due || now.duration_since(self.last_status) >= STATUS_EVERY;
         if self.status_stale && report_due {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status_line(p))]);
