@@ -491,10 +491,12 @@ impl Journal {
                 _ => false,
             })
         };
-        let mut present = [false; 4];
-        for (i, found) in present.iter_mut().enumerate().take(3) {
-            *found = read(i, line_fields);
-        }
+        let mut present = [
+            read(0, line_fields),
+            read(1, line_fields),
+            read(2, line_fields),
+            false,
+        ];
         // Only a kernel line without a PID shows the monotonic time, and
         // asking for an absent field walks every item of the entry: on
         // the benchmark's entries, 0.4-0.8 µs each, a third of the

@@ -152,9 +152,7 @@ impl Daemon {
         let mut lines = Batch::new(&p.names);
         for ban in &bans {
             let line = self.ban_line(p, ban, true);
-            if let Some(full) = lines.push(line) {
-                self.emit(full);
-            }
+            self.queue(&mut lines, line);
         }
         self.emit(lines);
         let sent = self.send_prefixes(p).map_err(|e| e.to_string());

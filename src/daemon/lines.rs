@@ -101,8 +101,8 @@ impl Batch {
         Some(std::mem::replace(self, fresh))
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.lines.len()
+    pub(super) fn is_empty(&self) -> bool {
+        self.lines.is_empty()
     }
 
     /// Writes up to `n` lines from the front; whether any remain.

@@ -979,32 +979,33 @@ impl Daemon {
         let mut batch = Batch::new(&p.names);
         let mut found = std::mem::take(&mut self.found);
         for line in found.drain(..) {
-            if let Some(full) = batch.push(line) {
-                self.emit(full);
-            }
+            self.queue(&mut batch, line);
         }
         // Keep the buffer's capacity for the next drain.
         self.found = found;
         let mut added = std::mem::take(&mut self.added);
         for ban in added.drain(..) {
             let line = self.ban_line(p, &ban, false);
-            if let Some(full) = batch.push(line) {
-                self.emit(full);
-            }
+            self.queue(&mut batch, line);
         }
         self.added = added;
         for b in std::mem::take(&mut self.added_prefixes) {
             let line = self.prefix_ban_line(p, &b);
-            if let Some(full) = batch.push(line) {
-                self.emit(full);
-            }
+            self.queue(&mut batch, line);
         }
         self.emit(batch);
     }
 
+    /// Adds `line` to `batch`, handing the batch over when that fills it.
+    fn queue(&mut self, batch: &mut Batch, line: Line) {
+        if let Some(full) = batch.push(line) {
+            self.emit(full);
+        }
+    }
+
     /// Has `lines` written after every line handed over before them.
     fn emit(&mut self, lines: Batch) {
-        if lines.len() == 0 {
+        if lines.is_empty() {
             return;
         }
         if let Err(lines) = self.committer.write(lines) {

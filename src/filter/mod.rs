@@ -312,13 +312,11 @@ pub struct Cache {
     imported: Option<imported::State>,
     /// The fail2ban line being matched, `\n` appended.
     line: Vec<u8>,
-    /// Whether fail2ban-dialect jails run the combined DFA over an ASCII
-    /// line before matching it exactly: the filter's judgement at first
-    /// (see `Imported::wants_prefilter`), a caller's after
+    /// How fail2ban-dialect jails try their failregexes on an ASCII line:
+    /// after the combined DFA, if the filter judges it worth running
+    /// (`Imported::wants_prefilter`); at once, expecting matches, after
     /// [`Cache::skip_combined_pass`].
-    combined_pass: bool,
-    /// The caller expects the lines to match ([`Cache::skip_combined_pass`]).
-    expects_matches: bool,
+    tries: Tries,
 }
 
 impl Cache {
@@ -327,8 +325,7 @@ impl Cache {
     /// at once, without first running the combined DFA over it (which
     /// only pays when it rejects most lines). The outcome is the same.
     pub fn skip_combined_pass(&mut self) {
-        self.combined_pass = false;
-        self.expects_matches = true;
+        self.tries = Tries::Expected;
     }
 }
 
@@ -600,11 +597,14 @@ impl Filter {
             touched: Vec::new(),
             imported: self.imported.as_ref().map(Imported::state),
             line: Vec::new(),
-            combined_pass: self
+            tries: match self
                 .imported
                 .as_ref()
-                .is_some_and(Imported::wants_prefilter),
-            expects_matches: false,
+                .is_some_and(Imported::wants_prefilter)
+            {
+                true => Tries::Listed,
+                false => Tries::Blind,
+            },
         }
     }
 
@@ -704,10 +704,10 @@ impl Filter {
             str: &lossy,
             ascii,
         };
-        let tries = match (ascii && cache.combined_pass, cache.expects_matches) {
-            (true, _) => Tries::Listed,
-            (false, true) => Tries::Expected,
-            (false, false) => Tries::Blind,
+        // The combined DFA runs on ASCII lines only.
+        let tries = match cache.tries {
+            Tries::Listed if !ascii => Tries::Blind,
+            tries => tries,
         };
         if tries == Tries::Listed && !imp.prefilter(state, &text) {
             return;
