@@ -340,7 +340,7 @@ impl Journal {
         self.message.clear();
         // An entry without MESSAGE (or one sd_journal refuses to read, e.g.
         // a corrupt object) is passed on empty: the filter matches nothing.
-        if let Ok(Some(field)) = self.handle.get_data("MESSAGE") {
+        if let Ok(Some(field)) = self.handle.get_data("MESSAGE\0") {
             if let Some(v) = field.value() {
                 self.message.extend_from_slice(v);
             }
@@ -469,11 +469,13 @@ impl Journal {
     /// (its exact format lives in `fail2ban::journal_line`).
     fn build_line(&mut self) {
         /// The fields fail2ban's line is made of, each with its fallback.
+        /// NUL-terminated: the systemd crate passes such a name on as it
+        /// is, and allocates a C string for any other.
         const FIELDS: [&[&str]; 4] = [
-            &["_HOSTNAME"],
-            &["SYSLOG_IDENTIFIER", "_COMM"],
-            &["SYSLOG_PID", "_PID"],
-            &["_SOURCE_MONOTONIC_TIMESTAMP"],
+            &["_HOSTNAME\0"],
+            &["SYSLOG_IDENTIFIER\0", "_COMM\0"],
+            &["SYSLOG_PID\0", "_PID\0"],
+            &["_SOURCE_MONOTONIC_TIMESTAMP\0"],
         ];
         let Journal {
             handle,

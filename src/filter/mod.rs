@@ -8,16 +8,20 @@
 //! *all* jails into one multi-pattern regex-automata `meta::Regex`, run as a
 //! lazy DFA: one pass over the line, whatever the number of jails.
 //!
-//! 1. A leftmost-first matcher over the failregexes answers `is_match`. Most
-//!    lines (connects, TLS, queue manager chatter) stop here, usually after a
-//!    few bytes, since every failregex is anchored (below).
-//! 2. On a hit, a second matcher over the failregexes *and* ignoreregexes,
-//!    built with `MatchKind::All`, reports every pattern that matches
-//!    (`which_overlapping_matches`).
+//! 1. A `MatchKind::All` matcher over the failregexes reports every one
+//!    that matches (`which_overlapping_matches`). Most lines (connects,
+//!    TLS, queue manager chatter) stop here, usually after a few bytes,
+//!    since every failregex is anchored (below).
+//! 2. On a hit, and only for a jail that has ignoreregexes, a second such
+//!    matcher over the ignoreregexes (searched anywhere in the line, so
+//!    over all of it) says whether one of the jail's matches too.
 //! 3. Only for those candidates, a small per-failregex `meta::Regex` runs
 //!    the captures that find the host. (Capturing through the combined
 //!    matcher would need a capture cache of hundreds of MB.) Identical
 //!    patterns of several jails share one pattern and one capture run.
+//!    A failregex that starts with a literal and a `.*` (the tutorial's
+//!    `lost connection after AUTH from (.*)\[<HOST>\]`) is searched past
+//!    the literal, at the places its tail can start (`lead.rs`).
 //!
 //! # fail2ban's filters
 //!
@@ -93,6 +97,7 @@ use crate::jail::{FilterInput, Jail, JailId, JailSet, MAX_JAILS};
 
 use self::host::HostKind;
 use self::imported::{Imported, Spec, Text, Tries};
+use self::lead::Lead;
 
 /// Marks the first failregex of a [`FilterInput::Fail2banLine`] jail as
 /// its fail2ban `prefregex` (it is a Python comment group, so the entry
@@ -264,9 +269,22 @@ enum Captured {
 /// A distinct failregex (after expansion) and its capture regex.
 #[derive(Debug)]
 struct FailPattern {
+    /// The regex searched for groups: the whole pattern, or with a
+    /// `lead`, the rest of it after the leading literal.
     capture: Regex,
+    /// The pattern starts with a literal and a `.*`, searched past as
+    /// `lead.rs` says.
+    lead: Option<Lead>,
     /// Group index and tag kind of each host tag, in pattern order.
     hosts: Vec<(usize, HostKind)>,
+}
+
+/// The search state of one distinct failregex's capture step: for its
+/// `capture` regex, and for its lead's tail.
+#[derive(Debug)]
+struct CaptureState {
+    capture: (meta::Cache, Captures),
+    tail: Option<(meta::Cache, Captures)>,
 }
 
 /// A jail's patterns, as pattern ids of the combined matchers.
@@ -281,10 +299,12 @@ struct JailPatterns {
 #[derive(Debug)]
 pub struct Filter {
     id: u64,
-    /// Leftmost-first over the distinct failregexes (pattern id = index in `fail`).
-    first: Regex,
-    /// `MatchKind::All` over the distinct failregexes, then the distinct ignoreregexes.
-    all: Regex,
+    /// `MatchKind::All` over the distinct failregexes (pattern id = index
+    /// in `fail`).
+    fails: Regex,
+    /// `MatchKind::All` over the distinct ignoreregexes; `None` if no jail
+    /// has one.
+    ignores: Option<Regex>,
     fail: Vec<FailPattern>,
     jails: Vec<JailPatterns>,
     /// The fail2ban-dialect jails, and which jail each is.
@@ -300,11 +320,15 @@ pub struct Filter {
 #[derive(Debug)]
 pub struct Cache {
     filter: u64,
-    first: meta::Cache,
-    all: meta::Cache,
+    fails: meta::Cache,
+    ignores: Option<meta::Cache>,
+    /// The failregexes that matched the line...
     set: PatternSet,
+    /// ...and the ignoreregexes, once searched (`ignores_searched`).
+    ignore_set: PatternSet,
+    ignores_searched: bool,
     /// Capture state per distinct failregex, created on first use.
-    captures: Vec<Option<(meta::Cache, Captures)>>,
+    captures: Vec<Option<CaptureState>>,
     /// Capture results of the current scan, and which entries to reset.
     memo: Vec<Option<Captured>>,
     touched: Vec<usize>,
@@ -386,11 +410,15 @@ fn compile_failregex(template: &str) -> Result<(String, FailPattern), String> {
     // The capture search runs only where the combined matcher has found a
     // match, anchored: a DFA pass to find the match's end first would only
     // repeat that.
-    let capture = Regex::builder()
+    let whole = Regex::builder()
         .syntax(syntax_config(true))
         .configure(capture_config(true))
         .build(&expanded.capture)
         .map_err(|e| regex_reason(&e))?;
+    let (capture, lead) = match Lead::compile_anchored(&expanded.capture)? {
+        Some((lead, rest)) if lead::same_groups(&rest, &whole) => (rest, Some(lead)),
+        _ => (whole, None),
+    };
     let mut hosts = Vec::with_capacity(expanded.hosts.len());
     for (i, kind) in expanded.hosts.iter().enumerate() {
         let group = capture
@@ -399,7 +427,14 @@ fn compile_failregex(template: &str) -> Result<(String, FailPattern), String> {
             .ok_or_else(|| "internal error: host group missing".to_string())?;
         hosts.push((group, *kind));
     }
-    Ok((expanded.matcher, FailPattern { capture, hosts }))
+    Ok((
+        expanded.matcher,
+        FailPattern {
+            capture,
+            lead,
+            hosts,
+        },
+    ))
 }
 
 /// Expands and checks one ignoreregex.
@@ -516,25 +551,26 @@ impl Filter {
             index: None,
             reason: format!("combined matcher: {}", regex_reason(&e)),
         };
-        let first = Regex::builder()
-            .syntax(syntax_config(false))
-            .configure(combined_config(MatchKind::LeftmostFirst))
-            .build_many(&fail_texts)
-            .map_err(|e| whole(PatternKind::Failregex, e))?;
-        let all_texts: Vec<&String> = fail_texts.iter().chain(&ignore_texts).collect();
-        let all = Regex::builder()
+        let fails = Regex::builder()
             .syntax(syntax_config(false))
             .configure(combined_config(MatchKind::All))
-            .build_many(&all_texts)
-            .map_err(|e| whole(PatternKind::Ignoreregex, e))?;
+            .build_many(&fail_texts)
+            .map_err(|e| whole(PatternKind::Failregex, e))?;
+        let ignores = match ignore_texts.is_empty() {
+            true => None,
+            false => Some(
+                Regex::builder()
+                    .syntax(syntax_config(false))
+                    .configure(combined_config(MatchKind::All))
+                    .build_many(&ignore_texts)
+                    .map_err(|e| whole(PatternKind::Ignoreregex, e))?,
+            ),
+        };
         let mut jail_patterns = Vec::with_capacity(per_jail.len());
         for (f, i) in per_jail {
             jail_patterns.push(JailPatterns {
                 fail: f.into_iter().map(pattern_id).collect::<Result<_, _>>()?,
-                ignore: i
-                    .into_iter()
-                    .map(|i| pattern_id(fail_texts.len() + i))
-                    .collect::<Result<_, _>>()?,
+                ignore: i.into_iter().map(pattern_id).collect::<Result<_, _>>()?,
             });
         }
         let imported = if imported_specs.is_empty() {
@@ -544,8 +580,8 @@ impl Filter {
         };
         Ok(Filter {
             id: NEXT_FILTER_ID.fetch_add(1, Ordering::Relaxed),
-            first,
-            all,
+            fails,
+            ignores,
             fail,
             jails: jail_patterns,
             has_native: imported_ids.len() < jails.len(),
@@ -589,9 +625,11 @@ impl Filter {
     pub fn cache(&self) -> Cache {
         Cache {
             filter: self.id,
-            first: self.first.create_cache(),
-            all: self.all.create_cache(),
-            set: PatternSet::new(self.all.pattern_len()),
+            fails: self.fails.create_cache(),
+            ignores: self.ignores.as_ref().map(Regex::create_cache),
+            set: PatternSet::new(self.fails.pattern_len()),
+            ignore_set: PatternSet::new(self.ignores.as_ref().map_or(0, Regex::pattern_len)),
+            ignores_searched: false,
             captures: (0..self.fail.len()).map(|_| None).collect(),
             memo: vec![None; self.fail.len()],
             touched: Vec::new(),
@@ -740,12 +778,13 @@ impl Filter {
             return;
         }
         let input = Input::new(message);
-        if !self.first.is_match_with(&mut cache.first, &input) {
+        cache.set.clear();
+        self.fails
+            .which_overlapping_matches_with(&mut cache.fails, &input, &mut cache.set);
+        if cache.set.is_empty() {
             return;
         }
-        cache.set.clear();
-        self.all
-            .which_overlapping_matches_with(&mut cache.all, &input, &mut cache.set);
+        cache.ignores_searched = false;
         for (j, patterns) in self.jails.iter().enumerate() {
             // `new` refuses more than MAX_JAILS jails, so this never fails.
             let Ok(id) = u16::try_from(j).map(JailId) else {
@@ -771,7 +810,7 @@ impl Filter {
                 }
             }
             if let Some((failregex, mut outcome)) = chosen {
-                if patterns.ignore.iter().any(|p| cache.set.contains(*p)) {
+                if !patterns.ignore.is_empty() && self.ignored(cache, message, &patterns.ignore) {
                     outcome = Outcome::Ignored;
                 }
                 hits.push(Hit {
@@ -788,6 +827,24 @@ impl Filter {
         }
     }
 
+    /// Whether one of `ignore` (a jail's ignoreregexes) matches `message`:
+    /// they are all searched at the first such question of a scan, and
+    /// only for lines some failregex matched.
+    fn ignored(&self, cache: &mut Cache, message: &[u8], ignore: &[PatternID]) -> bool {
+        if !cache.ignores_searched {
+            cache.ignores_searched = true;
+            cache.ignore_set.clear();
+            if let (Some(re), Some(re_cache)) = (&self.ignores, &mut cache.ignores) {
+                re.which_overlapping_matches_with(
+                    re_cache,
+                    &Input::new(message),
+                    &mut cache.ignore_set,
+                );
+            }
+        }
+        ignore.iter().any(|p| cache.ignore_set.contains(*p))
+    }
+
     /// Runs (or recalls) the capture regex of distinct failregex `i`.
     fn capture(&self, cache: &mut Cache, i: usize, message: &[u8]) -> Captured {
         if let Some(Some(done)) = cache.memo.get(i) {
@@ -796,14 +853,47 @@ impl Filter {
         let (Some(pattern), Some(slot)) = (self.fail.get(i), cache.captures.get_mut(i)) else {
             return Captured::NoMatch;
         };
-        let (re_cache, caps) = slot.get_or_insert_with(|| {
-            (
+        let state = slot.get_or_insert_with(|| CaptureState {
+            capture: (
                 pattern.capture.create_cache(),
                 pattern.capture.create_captures(),
-            )
+            ),
+            tail: None,
         });
-        let input = Input::new(message).anchored(Anchored::Yes);
-        pattern.capture.search_captures_with(re_cache, &input, caps);
+        let caps = match &pattern.lead {
+            None => {
+                let (re_cache, caps) = &mut state.capture;
+                let input = Input::new(message).anchored(Anchored::Yes);
+                pattern.capture.search_captures_with(re_cache, &input, caps);
+                &*caps
+            }
+            Some(lead) => {
+                let CaptureState { capture, tail } = state;
+                // Which search matched: its groups are in the tail's slot
+                // or in `capture`'s (which says "no match" if none did).
+                let mut in_tail = false;
+                capture.1.set_pattern(None);
+                for search in lead.searches(&pattern.capture, message) {
+                    let (re_cache, caps) = match search.tail {
+                        false => &mut *capture,
+                        true => tail.get_or_insert_with(|| {
+                            (search.regex.create_cache(), search.regex.create_captures())
+                        }),
+                    };
+                    search
+                        .regex
+                        .search_captures_with(re_cache, &search.input, caps);
+                    if caps.is_match() {
+                        in_tail = search.tail;
+                        break;
+                    }
+                }
+                match (in_tail, &*tail) {
+                    (true, Some((_, caps))) => caps,
+                    _ => &capture.1,
+                }
+            }
+        };
         let result = if !caps.is_match() {
             Captured::NoMatch
         } else {
@@ -1000,6 +1090,45 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(one(&f, line), failure("198.51.100.7"));
+    }
+
+    #[test]
+    fn searching_past_the_literal_finds_what_the_whole_pattern_finds() {
+        let patterns = [
+            FLOOD,
+            r"warning: (.*)\[<HOST>\]: SASL \S+ authentication failed",
+            r"warning: .*?\[<HOST>\]",
+            r"client (.*)\[<ADDR>\]:(.*)\[<HOST>\]",
+        ];
+        let brackets = "[".repeat(lead::MAX_TAIL_TRIES + 1);
+        let lines = [
+            "lost connection after AUTH from unknown[192.0.2.66]".to_string(),
+            "lost connection after AUTH from a[b] c[192.0.2.66] [192.0.2.99]".to_string(),
+            "lost connection after AUTH from [[192.0.2.66]]".to_string(),
+            format!("lost connection after AUTH from {brackets}192.0.2.66]"),
+            "lost connection after AUTH from x\n[192.0.2.66]".to_string(),
+            "lost connection after AUTH from x[\n192.0.2.66] [192.0.2.99]".to_string(),
+            "warning: unknown[198.51.100.7]: SASL LOGIN authentication failed: x]: SASL LOGIN authentication failed [192.0.2.99]".to_string(),
+            "warning: [x]: SASL PLAIN authentication failed".to_string(),
+            "client a[192.0.2.1]:b[192.0.2.2]".to_string(),
+            "client a[192.0.2.1]:b[c]".to_string(),
+        ];
+        for pattern in patterns {
+            let f = Filter::new(&[jail("j", &[pattern], &[])]).unwrap();
+            assert!(f.fail[0].lead.is_some(), "{pattern}");
+            // The same filter, searching the whole pattern as before.
+            let mut whole = Filter::new(&[jail("j", &[pattern], &[])]).unwrap();
+            whole.fail[0].lead = None;
+            whole.fail[0].capture = Regex::builder()
+                .syntax(syntax_config(true))
+                .configure(capture_config(true))
+                .build(&failregex::expand(pattern, true, true).unwrap().capture)
+                .unwrap();
+            for line in &lines {
+                let want = one(&whole, line);
+                assert_eq!(one(&f, line), want, "{pattern} on {line:?}");
+            }
+        }
     }
 
     #[test]
@@ -1285,7 +1414,11 @@ mod tests {
             .try_search_fwd(&mut cache, &Input::new(line))
             .unwrap()
             .is_some());
-        assert_eq!(f.all.pattern_len(), texts.len() + POSTFIX_IGNOREREGEX.len());
+        let ignores = f.ignores.as_ref().map_or(0, Regex::pattern_len);
+        assert_eq!(
+            f.fails.pattern_len() + ignores,
+            texts.len() + POSTFIX_IGNOREREGEX.len()
+        );
     }
 
     #[test]
