@@ -9,6 +9,7 @@
 //! still in the journal after a ban (lines already queued when the element
 //! landed) do not ban it again.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -189,7 +190,7 @@ impl Tracker {
         }
         match self.count(key, failure.time, maxretry, findtime) {
             Some(failures) => Verdict::Counted { failures },
-            None => Verdict::Ban(self.ban(failure.jail, ip, failure.time, None)),
+            None => Verdict::Ban(self.record_ban(failure.jail, ip, failure.time, None)),
         }
     }
 
@@ -214,9 +215,9 @@ impl Tracker {
         {
             return;
         }
-        if self.count(key, failure.time, maxretry, findtime).is_none() {
-            self.drop_failures(key);
-        }
+        // A window that reached maxretry is gone: the ban it led to then
+        // is in the state already.
+        let _ = self.count(key, failure.time, maxretry, findtime);
     }
 
     /// Adds a failure to the window of `key`; `Some(count)` below
@@ -233,13 +234,26 @@ impl Tracker {
             self.recount_near();
         }
         let window_start = time.saturating_sub(findtime);
-        // Most addresses fail once and are never seen again: room for one
-        // timestamp, not the four an empty Vec's first push makes room for
-        // (100,000 such addresses: 1.6 MB less).
-        let times = self
-            .failures
-            .entry(key)
-            .or_insert_with(|| Vec::with_capacity(1));
+        let mut window = match self.failures.entry(key) {
+            Entry::Occupied(window) => window,
+            Entry::Vacant(empty) => {
+                let count = usize::from(time > window_start);
+                if count >= maxretry {
+                    // Banned at the first failure: no window to keep.
+                    return None;
+                }
+                // Most addresses fail once and are never seen again: room
+                // for one timestamp, not the four an empty Vec's first push
+                // makes room for (100,000 such addresses: 1.6 MB less).
+                let times = empty.insert(Vec::with_capacity(1));
+                times.push(time);
+                if one_short(times, maxretry) {
+                    self.near += 1;
+                }
+                return Some(count as u32);
+            }
+        };
+        let times = window.get_mut();
         // Stored windows are trimmed to findtime as of their last failure,
         // so the stored length is the count (see `near`).
         let was_near = one_short(times, maxretry);
@@ -253,13 +267,20 @@ impl Tracker {
             times.drain(..excess);
         }
         let count = times.iter().filter(|t| **t > window_start).count();
-        let is_near = one_short(times, maxretry);
-        match (was_near, is_near) {
+        if count >= maxretry {
+            // The window has done its work: the ban replaces it.
+            window.remove();
+            if was_near {
+                self.near = self.near.saturating_sub(1);
+            }
+            return None;
+        }
+        match (was_near, one_short(times, maxretry)) {
             (false, true) => self.near += 1,
             (true, false) => self.near = self.near.saturating_sub(1),
             _ => {}
         }
-        (count < maxretry).then_some(count as u32)
+        Some(count as u32)
     }
 
     /// Records a ban decided outside the failure count (`banjo ban`):
@@ -267,8 +288,35 @@ impl Tracker {
     /// jail's with escalation.
     pub fn ban(&mut self, jail: JailId, ip: IpAddr, time: Micros, bantime: Option<Bantime>) -> Ban {
         let ip = ip.to_canonical();
-        let previous = self.previous_bans(jail, ip);
-        let bantime = match (bantime, self.policies.get(jail.index())) {
+        self.drop_failures((jail, ip));
+        self.record_ban(jail, ip, time, bantime)
+    }
+
+    /// [`Tracker::ban`] of a canonical address that has no failure window
+    /// (the count that decided it has dropped it).
+    fn record_ban(
+        &mut self,
+        jail: JailId,
+        ip: IpAddr,
+        time: Micros,
+        bantime: Option<Bantime>,
+    ) -> Ban {
+        let policy = self.policies.get(jail.index());
+        let overall = policy
+            .and_then(|p| p.increment.as_ref())
+            .is_some_and(|i| i.overalljails);
+        let overall_previous = overall.then(|| self.previous_bans_overall(ip));
+        if self.history.len() >= MAX_TRACKED && !self.history.contains_key(&(jail, ip)) {
+            evict_oldest(&mut self.history, |h| Some(h.last));
+        }
+        let history = self.history.entry((jail, ip)).or_insert(History {
+            count: 0,
+            last: time,
+        });
+        let previous = overall_previous.unwrap_or(history.count);
+        history.count = history.count.saturating_add(1);
+        history.last = time;
+        let bantime = match (bantime, policy) {
             (Some(b), _) => b,
             (None, Some(p)) => escalate(
                 p.bantime,
@@ -282,17 +330,7 @@ impl Tracker {
             Bantime::For(d) => time.saturating_add(micros(d)),
             Bantime::Permanent => Micros::MAX,
         };
-        self.drop_failures((jail, ip));
         self.banned.insert((jail, ip), ActiveBan { until, bantime });
-        if self.history.len() >= MAX_TRACKED && !self.history.contains_key(&(jail, ip)) {
-            evict_oldest(&mut self.history, |h| Some(h.last));
-        }
-        let entry = self.history.entry((jail, ip)).or_insert(History {
-            count: 0,
-            last: time,
-        });
-        entry.count = entry.count.saturating_add(1);
-        entry.last = time;
         self.widen(jail, ip, time, until, bantime);
         Ban {
             jail,
@@ -410,22 +448,13 @@ impl Tracker {
         self.prefix_banned.get(&(jail, net)).copied()
     }
 
-    /// Previous bans of `ip` that count for `jail`'s escalation.
-    fn previous_bans(&self, jail: JailId, ip: IpAddr) -> u32 {
-        let overall = self
-            .policies
-            .get(jail.index())
-            .and_then(|p| p.increment.as_ref())
-            .is_some_and(|i| i.overalljails);
-        if overall {
-            self.history
-                .iter()
-                .filter(|((_, a), _)| *a == ip)
-                .map(|(_, h)| h.count)
-                .sum()
-        } else {
-            self.history.get(&(jail, ip)).map_or(0, |h| h.count)
-        }
+    /// Previous bans of `ip` in every jail (`bantime.overalljails`).
+    fn previous_bans_overall(&self, ip: IpAddr) -> u32 {
+        self.history
+            .iter()
+            .filter(|((_, a), _)| *a == ip)
+            .map(|(_, h)| h.count)
+            .sum()
     }
 
     /// Forgets failures older than their jail's findtime, bans that have
@@ -638,6 +667,21 @@ mod tests {
         assert_eq!(ban.ip, "192.0.2.1".parse::<IpAddr>().unwrap());
         assert_eq!(ban.bantime, ten_min());
         assert_eq!(t.observe(&fail("192.0.2.1", 21)), Verdict::AlreadyBanned);
+        assert_eq!(t.tracked(), 0, "the ban replaced the failure window");
+        assert_eq!(t.ban_count(JailId(0), ban.ip), 1);
+    }
+
+    #[test]
+    fn maxretry_one_bans_at_once_and_keeps_no_window() {
+        let mut t = Tracker::new(&[jail(1, 60, ten_min(), &[])], 7);
+        assert!(matches!(t.observe(&fail("192.0.2.1", 0)), Verdict::Ban(_)));
+        assert_eq!(t.tracked(), 0);
+        // Banned for ten minutes; the next failure after that bans again,
+        // as the second ban of the address.
+        let Verdict::Ban(again) = t.observe(&fail("192.0.2.1", 601)) else {
+            panic!("a failure after the ban ended bans again")
+        };
+        assert_eq!(again.count, 2);
     }
 
     #[test]

@@ -64,6 +64,7 @@ mod netlink;
 mod ruleset;
 mod watch;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -538,29 +539,36 @@ impl Firewall {
         if elems.is_empty() {
             return Ok(());
         }
-        // (set, in-place items, replaced items), in first-seen order.
+        // (set, in-place items, replaced items), in first-seen order. The
+        // jail names are looked up once per batch, not per element: this
+        // runs on the committing thread, for every ban.
+        let names = self.jail_names();
         let mut groups: Vec<(String, Vec<Item>, Vec<Item>)> = Vec::new();
-        let mut group_of: HashMap<(JailId, bool), usize> = HashMap::new();
-        let mut seen: HashMap<(JailId, IpAddr), usize> = HashMap::new();
+        let mut group_of: Vec<((JailId, Family), usize)> = Vec::new();
+        let mut seen: HashMap<(JailId, IpAddr), usize> = HashMap::with_capacity(elems.len());
         let mut items: Vec<(usize, Item)> = Vec::with_capacity(elems.len());
         for e in elems {
             let ip = e.ip.to_canonical();
             let family = Family::of(ip);
-            let jail = self.jail_name(e.jail)?;
-            let g = *group_of
-                .entry((e.jail, family == Family::V4))
-                .or_insert_with(|| {
-                    groups.push((set_name(&jail, family), Vec::new(), Vec::new()));
+            let g = match group_of.iter().find(|(k, _)| *k == (e.jail, family)) {
+                Some((_, g)) => *g,
+                None => {
+                    let jail = names
+                        .get(e.jail.index())
+                        .ok_or_else(|| self.unknown_jail(e.jail))?;
+                    groups.push((set_name(jail, family), Vec::new(), Vec::new()));
+                    group_of.push(((e.jail, family), groups.len() - 1));
                     groups.len() - 1
-                });
+                }
+            };
             let item = Item {
                 ip,
                 ttl: ttl_of(e.timeout, e.expires),
             };
-            match seen.get(&(e.jail, ip)) {
-                Some(&i) => items[i] = (g, item),
-                None => {
-                    seen.insert((e.jail, ip), items.len());
+            match seen.entry((e.jail, ip)) {
+                Entry::Occupied(i) => items[*i.get()] = (g, item),
+                Entry::Vacant(v) => {
+                    v.insert(items.len());
                     items.push((g, item));
                 }
             }
@@ -932,12 +940,14 @@ impl Firewall {
             .unwrap_or_else(PoisonError::into_inner)
             .get(jail.index())
             .cloned()
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "jail #{} is not set up in table inet {}",
-                    jail.0, self.table
-                ))
-            })
+            .ok_or_else(|| self.unknown_jail(jail))
+    }
+
+    fn unknown_jail(&self, jail: JailId) -> Error {
+        Error::Invalid(format!(
+            "jail #{} is not set up in table inet {}",
+            jail.0, self.table
+        ))
     }
 
     fn delete_elements(&mut self, jail: &str, ips: &[IpAddr]) -> Result<(), Error> {
