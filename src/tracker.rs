@@ -448,13 +448,14 @@ impl Tracker {
         self.prefix_banned.get(&(jail, net)).copied()
     }
 
-    /// Previous bans of `ip` in every jail (`bantime.overalljails`).
+    /// Previous bans of `ip` in every jail (`bantime.overalljails`): one
+    /// lookup per jail, not a walk of the whole history (a million
+    /// entries at most, for every ban of a flood).
     fn previous_bans_overall(&self, ip: IpAddr) -> u32 {
-        self.history
-            .iter()
-            .filter(|((_, a), _)| *a == ip)
-            .map(|(_, h)| h.count)
-            .sum()
+        (0..self.policies.len())
+            .filter_map(|j| u16::try_from(j).ok())
+            .filter_map(|j| self.history.get(&(JailId(j), ip)))
+            .fold(0u32, |sum, h| sum.saturating_add(h.count))
     }
 
     /// Forgets failures older than their jail's findtime, bans that have
