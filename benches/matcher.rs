@@ -8,6 +8,9 @@
 //! lines; more jails only add patterns. Two cases: the entry's `JailSet`
 //! holds jail 0 only, or every jail (then a Postfix failure line hits all of
 //! them and the output grows with the jails). The cost should stay flat.
+//!
+//! `scan/flood` is the per-line cost during an AUTH flood: every line a
+//! failure of the one jail, the capture step included.
 
 // criterion_group! generates an undocumented function.
 #![allow(missing_docs)]
@@ -142,5 +145,43 @@ fn matcher(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, matcher);
+/// A flood: every line is the tutorial's `lost connection after AUTH`
+/// failure, matched by a jail of that one failregex (what the daemon does
+/// for each entry of an AUTH flood, the capture step included).
+fn flood(c: &mut Criterion) {
+    let mut jail = jail(0);
+    jail.failregex = vec![FLOOD.to_string()];
+    jail.ignoreregex.clear();
+    let filter = match Filter::new(&[jail]) {
+        Ok(f) => f,
+        Err(e) => panic!("{e}"),
+    };
+    let lines: Vec<Vec<u8>> = (0..1000u32)
+        .map(|i| {
+            format!(
+                "lost connection after AUTH from unknown[10.100.{}.{}]",
+                i >> 8,
+                i & 255
+            )
+            .into_bytes()
+        })
+        .collect();
+    let set = JailSet::first(1);
+    let mut cache = filter.cache();
+    let mut hits = Vec::new();
+    let mut group = c.benchmark_group("scan");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    group.bench_function("flood", |b| {
+        b.iter(|| {
+            for line in &lines {
+                filter.scan(&mut cache, black_box(line), &set, &mut hits);
+                assert_eq!(hits.len(), 1);
+                hits.clear();
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, matcher, flood);
 criterion_main!(benches);
