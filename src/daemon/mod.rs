@@ -21,6 +21,7 @@
 mod committer;
 mod control;
 mod lines;
+mod notify;
 mod trim;
 
 use std::collections::{HashMap, HashSet};
@@ -256,7 +257,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         restored,
         adopted
     );
-    let _ = sd_notify::notify(&[
+    let _ = notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&daemon.status_line(&pipeline)),
     ]);
@@ -268,7 +269,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         let now = Instant::now();
         if let Some(period) = watchdog {
             if now.duration_since(last_watchdog) >= period {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                let _ = notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 last_watchdog = now;
             }
         }
@@ -382,7 +383,7 @@ pub fn run(config_path: &Path) -> Result<(), Error> {
         }
     }
 
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.flush(&mut pipeline)?;
     daemon.dirty = true;
     daemon.save(&pipeline)?;
@@ -744,7 +745,7 @@ impl Daemon {
         // it, mapping its formatting code back.
         let report_due = self.trim_due || now.duration_since(self.last_status) >= STATUS_EVERY;
         if self.status_stale && report_due {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&self.status_line(p))]);
+            let _ = notify::notify(&[sd_notify::NotifyState::Status(&self.status_line(p))]);
             self.last_status = now;
             self.status_stale = false;
         }
@@ -1155,7 +1156,7 @@ impl Daemon {
     /// kept) and the journal replayed from findtime before the current
     /// position, so every jail's counts start from what the journal holds.
     fn reload(&mut self, p: &mut Pipeline, mode: &mut Mode) -> Result<usize, Error> {
-        let _ = sd_notify::notify(&[
+        let _ = notify::notify(&[
             sd_notify::NotifyState::Reloading,
             sd_notify::NotifyState::monotonic_usec_now()
                 .unwrap_or(sd_notify::NotifyState::Reloading),
@@ -1192,7 +1193,7 @@ impl Daemon {
             }
             Err(e) => Err(e),
         };
-        let _ = sd_notify::notify(&[
+        let _ = notify::notify(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&self.status_line(p)),
         ]);
