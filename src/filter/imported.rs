@@ -34,7 +34,7 @@ use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
 
-use super::lead::{Lead, Search};
+use super::lead::{self, Lead, Search, Slot};
 use super::python::{self, Mode, Pattern};
 use super::{
     capture_config, combined_config, regex_reason, syntax_config, BuildError, Outcome, PatternKind,
@@ -302,7 +302,7 @@ impl<'a> Text<'a> {
 pub(crate) struct State {
     /// Per [`Compiled`]: the cache and groups of its regex, of its lead's
     /// tail (see `lead.rs`) and of its `likely` regex.
-    captures: Vec<[Option<(meta::Cache, Captures)>; 3]>,
+    captures: Vec<[Slot; 3]>,
     /// Per imported jail: the multi-line failure-id cache.
     mlfid: Vec<HashMap<String, (Instant, Fail)>>,
     all: Option<meta::Cache>,
@@ -885,16 +885,7 @@ fn raw_captures<'a>(
                 push_groups(c, caps, text.str, out);
                 return true;
             }
-            let found = exact_inputs(c, exact, text.bytes).find_map(|search| {
-                let k = usize::from(search.tail);
-                let (cache, caps) = slots[k].get_or_insert_with(|| {
-                    (search.regex.create_cache(), search.regex.create_captures())
-                });
-                search
-                    .regex
-                    .search_captures_with(cache, &search.input, caps);
-                caps.is_match().then_some(k)
-            });
+            let found = lead::first_match(exact_inputs(c, exact, text.bytes), slots);
             let Some((_, caps)) = found.and_then(|k| slots[k].as_ref()) else {
                 return false;
             };

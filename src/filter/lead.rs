@@ -26,7 +26,8 @@
 //! about 520 to about 170 ns.
 
 use memchr::memmem::Finder;
-use regex_automata::meta::Regex;
+use regex_automata::meta::{self, Regex};
+use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input, PatternID};
 use regex_syntax::hir::{Class, Hir, HirKind, Look};
 
@@ -129,7 +130,8 @@ impl Lead {
         )))
     }
 
-    /// Whether the literal is followed by a `.*` searched from its end.
+    /// Whether the literal is followed by a `.*` and a tail tried at its
+    /// first byte's places.
     #[cfg(test)]
     pub(super) fn has_tail(&self) -> bool {
         self.tail.is_some()
@@ -153,7 +155,8 @@ impl Lead {
         // The end of the `.*`'s reach from the last occurrence searched:
         // a later occurrence before it can only find the same match.
         let mut covered = 0;
-        // Where the tail's positions remain to be tried, right to left.
+        // Where the tail's positions remain to be tried (from the right
+        // for a greedy `.*`, from the left for a lazy one).
         let mut pending: Option<(usize, usize)> = None;
         std::iter::from_fn(move || loop {
             if let (Some(t), Some((lo, hi))) = (&self.tail, pending) {
@@ -238,6 +241,30 @@ impl Tail {
     }
 }
 
+/// The search state of one regex: its cache and its groups, created on
+/// first use.
+pub(super) type Slot = Option<(meta::Cache, Captures)>;
+
+/// Runs `searches` in order until one matches, each in its regex's slot
+/// (`slots[0]` for the regex past the literal, or the whole pattern;
+/// `slots[1]` for the tail's); which slot holds the match's groups.
+pub(super) fn first_match<'h>(
+    searches: impl Iterator<Item = Search<'h>>,
+    slots: &mut [Slot],
+) -> Option<usize> {
+    let mut searches = searches;
+    searches.find_map(|search| {
+        let k = usize::from(search.tail);
+        let (cache, caps) = slots
+            .get_mut(k)?
+            .get_or_insert_with(|| (search.regex.create_cache(), search.regex.create_captures()));
+        search
+            .regex
+            .search_captures_with(cache, &search.input, caps);
+        caps.is_match().then_some(k)
+    })
+}
+
 /// A regex searched for groups, anchored, by the backtracker alone.
 fn build(hir: &Hir) -> Result<Regex, String> {
     Regex::builder()
@@ -265,14 +292,16 @@ mod tests {
             .0
     }
 
-    /// Each search as (tail?, where it starts).
-    fn searches(pattern: &str, hay: &str) -> Vec<(bool, usize)> {
-        let (lead, exact) = Lead::compile(pattern)
-            .expect("compiles")
-            .expect("has a leading literal");
+    /// Each search of a split pattern as (tail?, where it starts).
+    fn starts(split: Result<Option<(Lead, Regex)>, String>, hay: &str) -> Vec<(bool, usize)> {
+        let (lead, exact) = split.expect("compiles").expect("splits");
         lead.searches(&exact, hay.as_bytes())
             .map(|s| (s.tail, s.input.start()))
             .collect()
+    }
+
+    fn searches(pattern: &str, hay: &str) -> Vec<(bool, usize)> {
+        starts(Lead::compile(pattern), hay)
     }
 
     #[test]
@@ -295,14 +324,8 @@ mod tests {
         assert_eq!(searches(p, hay), vec![(true, 6), (true, 11)]);
     }
 
-    /// Each search of a start-anchored pattern as (tail?, where it starts).
     fn anchored_searches(pattern: &str, hay: &str) -> Vec<(bool, usize)> {
-        let (lead, exact) = Lead::compile_anchored(pattern)
-            .expect("compiles")
-            .expect("splits");
-        lead.searches(&exact, hay.as_bytes())
-            .map(|s| (s.tail, s.input.start()))
-            .collect()
+        starts(Lead::compile_anchored(pattern), hay)
     }
 
     #[test]

@@ -89,7 +89,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use regex_automata::meta::{self, Regex};
 use regex_automata::nfa::thompson::WhichCaptures;
-use regex_automata::util::captures::Captures;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, PatternSet};
 
@@ -97,7 +96,7 @@ use crate::jail::{FilterInput, Jail, JailId, JailSet, MAX_JAILS};
 
 use self::host::HostKind;
 use self::imported::{Imported, Spec, Text, Tries};
-use self::lead::Lead;
+use self::lead::{Lead, Search, Slot};
 
 /// Marks the first failregex of a [`FilterInput::Fail2banLine`] jail as
 /// its fail2ban `prefregex` (it is a Python comment group, so the entry
@@ -279,14 +278,6 @@ struct FailPattern {
     hosts: Vec<(usize, HostKind)>,
 }
 
-/// The search state of one distinct failregex's capture step: for its
-/// `capture` regex, and for its lead's tail.
-#[derive(Debug)]
-struct CaptureState {
-    capture: (meta::Cache, Captures),
-    tail: Option<(meta::Cache, Captures)>,
-}
-
 /// A jail's patterns, as pattern ids of the combined matchers.
 #[derive(Debug)]
 struct JailPatterns {
@@ -327,8 +318,9 @@ pub struct Cache {
     /// ...and the ignoreregexes, once searched (`ignores_searched`).
     ignore_set: PatternSet,
     ignores_searched: bool,
-    /// Capture state per distinct failregex, created on first use.
-    captures: Vec<Option<CaptureState>>,
+    /// Capture state per distinct failregex: its `capture` regex's and
+    /// its lead's tail's (see [`lead::first_match`]).
+    captures: Vec<[Slot; 2]>,
     /// Capture results of the current scan, and which entries to reset.
     memo: Vec<Option<Captured>>,
     touched: Vec<usize>,
@@ -630,7 +622,7 @@ impl Filter {
             set: PatternSet::new(self.fails.pattern_len()),
             ignore_set: PatternSet::new(self.ignores.as_ref().map_or(0, Regex::pattern_len)),
             ignores_searched: false,
-            captures: (0..self.fail.len()).map(|_| None).collect(),
+            captures: (0..self.fail.len()).map(|_| [None, None]).collect(),
             memo: vec![None; self.fail.len()],
             touched: Vec::new(),
             imported: self.imported.as_ref().map(Imported::state),
@@ -850,65 +842,39 @@ impl Filter {
         if let Some(Some(done)) = cache.memo.get(i) {
             return *done;
         }
-        let (Some(pattern), Some(slot)) = (self.fail.get(i), cache.captures.get_mut(i)) else {
+        let (Some(pattern), Some(slots)) = (self.fail.get(i), cache.captures.get_mut(i)) else {
             return Captured::NoMatch;
         };
-        let state = slot.get_or_insert_with(|| CaptureState {
-            capture: (
-                pattern.capture.create_cache(),
-                pattern.capture.create_captures(),
-            ),
-            tail: None,
-        });
-        let caps = match &pattern.lead {
+        let found = match &pattern.lead {
+            Some(lead) => lead::first_match(lead.searches(&pattern.capture, message), slots),
             None => {
-                let (re_cache, caps) = &mut state.capture;
-                let input = Input::new(message).anchored(Anchored::Yes);
-                pattern.capture.search_captures_with(re_cache, &input, caps);
-                &*caps
-            }
-            Some(lead) => {
-                let CaptureState { capture, tail } = state;
-                // Which search matched: its groups are in the tail's slot
-                // or in `capture`'s (which says "no match" if none did).
-                let mut in_tail = false;
-                capture.1.set_pattern(None);
-                for search in lead.searches(&pattern.capture, message) {
-                    let (re_cache, caps) = match search.tail {
-                        false => &mut *capture,
-                        true => tail.get_or_insert_with(|| {
-                            (search.regex.create_cache(), search.regex.create_captures())
-                        }),
-                    };
-                    search
-                        .regex
-                        .search_captures_with(re_cache, &search.input, caps);
-                    if caps.is_match() {
-                        in_tail = search.tail;
-                        break;
-                    }
-                }
-                match (in_tail, &*tail) {
-                    (true, Some((_, caps))) => caps,
-                    _ => &capture.1,
-                }
+                let whole = Search {
+                    regex: &pattern.capture,
+                    tail: false,
+                    input: Input::new(message).anchored(Anchored::Yes),
+                };
+                lead::first_match(std::iter::once(whole), slots)
             }
         };
-        let result = if !caps.is_match() {
-            Captured::NoMatch
-        } else {
-            let first = pattern
-                .hosts
-                .iter()
-                .find_map(|(group, kind)| caps.get_group(*group).map(|span| (span, *kind)));
-            match first {
-                Some((span, kind)) if host::delimited(message, span.start, span.end) => {
-                    match message.get(span.range()).and_then(|t| host::parse(t, kind)) {
-                        Some(ip) => Captured::Addr(ip),
-                        None => Captured::NotAnAddress,
+        let caps = found
+            .and_then(|k| slots.get(k)?.as_ref())
+            .map(|(_, caps)| caps);
+        let result = match caps {
+            None => Captured::NoMatch,
+            Some(caps) => {
+                let first = pattern
+                    .hosts
+                    .iter()
+                    .find_map(|(group, kind)| caps.get_group(*group).map(|span| (span, *kind)));
+                match first {
+                    Some((span, kind)) if host::delimited(message, span.start, span.end) => {
+                        match message.get(span.range()).and_then(|t| host::parse(t, kind)) {
+                            Some(ip) => Captured::Addr(ip),
+                            None => Captured::NotAnAddress,
+                        }
                     }
+                    _ => Captured::NotAnAddress,
                 }
-                _ => Captured::NotAnAddress,
             }
         };
         if let Some(memo) = cache.memo.get_mut(i) {

@@ -539,25 +539,36 @@ impl Firewall {
         if elems.is_empty() {
             return Ok(());
         }
-        // (set, in-place items, replaced items), in first-seen order. The
-        // jail names are looked up once per batch, not per element: this
-        // runs on the committing thread, for every ban.
+        /// One set's share of the batch.
+        struct Group {
+            key: (JailId, Family),
+            set: String,
+            in_place: Vec<Item>,
+            replaced: Vec<Item>,
+        }
+        // In first-seen order. The jail names are looked up once per
+        // batch, not per element: this runs on the committing thread, for
+        // every ban.
         let names = self.jail_names();
-        let mut groups: Vec<(String, Vec<Item>, Vec<Item>)> = Vec::new();
-        let mut group_of: Vec<((JailId, Family), usize)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let mut seen: HashMap<(JailId, IpAddr), usize> = HashMap::with_capacity(elems.len());
         let mut items: Vec<(usize, Item)> = Vec::with_capacity(elems.len());
         for e in elems {
             let ip = e.ip.to_canonical();
             let family = Family::of(ip);
-            let g = match group_of.iter().find(|(k, _)| *k == (e.jail, family)) {
-                Some((_, g)) => *g,
+            let key = (e.jail, family);
+            let g = match groups.iter().position(|g| g.key == key) {
+                Some(g) => g,
                 None => {
                     let jail = names
                         .get(e.jail.index())
                         .ok_or_else(|| self.unknown_jail(e.jail))?;
-                    groups.push((set_name(jail, family), Vec::new(), Vec::new()));
-                    group_of.push(((e.jail, family), groups.len() - 1));
+                    groups.push(Group {
+                        key,
+                        set: set_name(jail, family),
+                        in_place: Vec::new(),
+                        replaced: Vec::new(),
+                    });
                     groups.len() - 1
                 }
             };
@@ -579,15 +590,21 @@ impl Firewall {
             let replace = item.ttl.is_none() || !self.update_in_place;
             if let Some(group) = groups.get_mut(g) {
                 if replace {
-                    group.2.push(item);
+                    group.replaced.push(item);
                 } else {
-                    group.1.push(item);
+                    group.in_place.push(item);
                 }
             }
         }
         let mut units: Vec<Vec<ElemMsg<'_>>> = Vec::new();
-        for (set, plain, replaced) in &groups {
-            for chunk in plain.chunks(ELEMS_PER_MSG) {
+        for Group {
+            set,
+            in_place,
+            replaced,
+            ..
+        } in &groups
+        {
+            for chunk in in_place.chunks(ELEMS_PER_MSG) {
                 units.push(vec![ElemMsg {
                     msg: NFT_MSG_NEWSETELEM,
                     set,
