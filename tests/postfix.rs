@@ -509,6 +509,13 @@ fn scenarios(lab: &Lab, tables: &[String; 2], banjo_pids: &mut Vec<(i32, String)
 
         scenario_flood(lab, &banjo, table, &flood_watch, &clock);
         status_agrees(lab, &cfg, table, &[(FLOOD, flooders().len() as u64)]);
+        // The jail's counter: at least the SYN to each port that every
+        // flooder had refused after its ban.
+        let refused = status_json(&cfg, Some(FLOOD))["refused"]["packets"].as_u64();
+        assert!(
+            refused >= Some(2 * flooders().len() as u64),
+            "{FLOOD} refused {refused:?}"
+        );
         println!(
             "postfix e2e: scenario 1 done at {:.1} s",
             phase.elapsed().as_secs_f64()

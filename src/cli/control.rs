@@ -161,17 +161,18 @@ fn print_status(data: &Value) {
         .unwrap_or(4)
         .max(4);
     println!(
-        "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}",
-        "JAIL", "FAILING", "FAILED", "BANNED", "BANS"
+        "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}",
+        "JAIL", "FAILING", "FAILED", "BANNED", "BANS", "REFUSED"
     );
     for j in &jails {
         println!(
-            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}",
+            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}",
             j["name"].as_str().unwrap_or("?"),
             cell(&j["currently_failed"]),
             cell(&j["total_failed"]),
             cell(&j["currently_banned"]),
-            cell(&j["total_banned"])
+            cell(&j["total_banned"]),
+            cell(&j["refused"]["packets"]),
         );
     }
     if one {
@@ -181,18 +182,16 @@ fn print_status(data: &Value) {
         }
         println!();
         println!(
-            "{:<39}  {:>10}  {:>10}  {:>4}  {:>10}  {:>10}",
-            "BANNED", "EXPIRES", "BANTIME", "BANS", "PACKETS", "BYTES"
+            "{:<39}  {:>10}  {:>10}  {:>4}",
+            "BANNED", "EXPIRES", "BANTIME", "BANS"
         );
         for b in banned {
             println!(
-                "{:<39}  {:>10}  {:>10}  {:>4}  {:>10}  {:>10}",
+                "{:<39}  {:>10}  {:>10}  {:>4}",
                 b["ip"].as_str().unwrap_or("?"),
                 human_secs(b["expires"].as_i64().or(Some(-1))),
                 human_secs(b["timeout"].as_i64().or(Some(-1))),
                 cell(&b["bans"]),
-                cell(&b["packets"]),
-                cell(&b["bytes"]),
             );
         }
     }

@@ -55,16 +55,20 @@ impl Daemon {
         }
     }
 
-    fn jail_summary(&self, p: &Pipeline, id: JailId, banned: usize) -> Value {
+    /// A jail's line of `banjo status`; `refused` is `null` when its
+    /// counter is missing from the kernel.
+    fn jail_summary(&mut self, p: &Pipeline, id: JailId, banned: usize) -> Result<Value, String> {
+        let refused = self.firewall.refused(id).map_err(|e| e.to_string())?;
         let name = p.jail_name(id);
         let totals = self.per_jail.get(name).copied().unwrap_or_default();
-        json!({
+        Ok(json!({
             "name": name,
             "currently_failed": p.tracker.currently_failed(id, now_micros()),
             "total_failed": totals.failures,
             "currently_banned": banned,
             "total_banned": totals.bans,
-        })
+            "refused": refused.map(|r| json!({ "packets": r.packets, "bytes": r.bytes })),
+        }))
     }
 
     fn status_all(&mut self, p: &Pipeline) -> Result<Value, String> {
@@ -77,7 +81,7 @@ impl Daemon {
                     .list_prefixes(id)
                     .map_err(|e| e.to_string())?
                     .len();
-            jails.push(self.jail_summary(p, id, banned));
+            jails.push(self.jail_summary(p, id, banned)?);
         }
         Ok(json!({ "jails": jails }))
     }
@@ -87,7 +91,7 @@ impl Daemon {
         let mut listed = self.firewall.list(id).map_err(|e| e.to_string())?;
         listed.sort_by_key(|e| e.ip);
         let prefixes = self.firewall.list_prefixes(id).map_err(|e| e.to_string())?;
-        let mut summary = self.jail_summary(p, id, listed.len() + prefixes.len());
+        let mut summary = self.jail_summary(p, id, listed.len() + prefixes.len())?;
         let mut banned: Vec<Value> = listed
             .iter()
             .map(|e| {
@@ -96,8 +100,6 @@ impl Daemon {
                     "timeout": e.timeout.map(|d| d.as_secs()),
                     "expires": e.expires.map(|d| d.as_secs()),
                     "bans": p.tracker.ban_count(id, e.ip),
-                    "packets": e.packets,
-                    "bytes": e.bytes,
                 })
             })
             .collect();
@@ -107,8 +109,6 @@ impl Daemon {
                 "timeout": e.timeout.map(|d| d.as_secs()),
                 "expires": e.expires.map(|d| d.as_secs()),
                 "bans": 1,
-                "packets": e.packets,
-                "bytes": e.bytes,
             })
         }));
         if let Some(obj) = summary.as_object_mut() {

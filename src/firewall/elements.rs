@@ -8,12 +8,10 @@ use std::time::Duration;
 use crate::net::IpNet;
 
 use super::netlink::{
-    be32, be64, string, Attrs, Batch, Malformed, MsgBuf, NFPROTO_INET, NFTA_COUNTER_BYTES,
-    NFTA_COUNTER_PACKETS, NFTA_DATA_VALUE, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM,
-    NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS, NFTA_SET_ELEM_FLAGS,
-    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_SET_ID, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NFT_MSG_NEWSETELEM,
-    NFT_SET_ELEM_INTERVAL_END, NLM_F_CREATE,
+    be32, be64, Attrs, Batch, Malformed, MsgBuf, NFPROTO_INET, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_SET_ID, NFTA_SET_ELEM_LIST_TABLE,
+    NFTA_SET_ELEM_TIMEOUT, NFT_MSG_NEWSETELEM, NFT_SET_ELEM_INTERVAL_END, NLM_F_CREATE,
 };
 use super::Listed;
 
@@ -128,10 +126,6 @@ pub(crate) struct Parsed {
     pub(crate) timeout: Option<Duration>,
     /// Time left; `None` = permanent.
     pub(crate) expires: Option<Duration>,
-    /// Packets counted by the element's counter (0 without one).
-    pub(crate) packets: u64,
-    /// Bytes counted by the element's counter (0 without one).
-    pub(crate) bytes: u64,
 }
 
 impl From<Parsed> for Listed {
@@ -140,8 +134,6 @@ impl From<Parsed> for Listed {
             ip: p.ip,
             timeout: p.timeout,
             expires: p.expires,
-            packets: p.packets,
-            bytes: p.bytes,
         }
     }
 }
@@ -169,7 +161,6 @@ fn parse_elem(data: &[u8]) -> Result<Parsed, Malformed> {
     let mut timeout = None;
     let mut expires = None;
     let mut end = false;
-    let (mut packets, mut bytes) = (0, 0);
     for attr in Attrs::new(data) {
         let (ty, data) = attr?;
         match ty {
@@ -184,16 +175,8 @@ fn parse_elem(data: &[u8]) -> Result<Parsed, Malformed> {
             NFTA_SET_ELEM_FLAGS => end = be32(data)? & NFT_SET_ELEM_INTERVAL_END != 0,
             NFTA_SET_ELEM_TIMEOUT => timeout = Some(be64(data)?),
             NFTA_SET_ELEM_EXPIRATION => expires = Some(be64(data)?),
-            // One expression comes alone, several as a list.
-            NFTA_SET_ELEM_EXPR => counter_of(data, &mut packets, &mut bytes)?,
-            NFTA_SET_ELEM_EXPRESSIONS => {
-                for item in Attrs::new(data) {
-                    let (ty, expr) = item?;
-                    if ty == NFTA_LIST_ELEM {
-                        counter_of(expr, &mut packets, &mut bytes)?;
-                    }
-                }
-            }
+            // Expressions (the counters of an earlier banjo's sets) are
+            // not reported.
             _ => {}
         }
     }
@@ -211,35 +194,7 @@ fn parse_elem(data: &[u8]) -> Result<Parsed, Malformed> {
         end,
         timeout,
         expires,
-        packets,
-        bytes,
     })
-}
-
-/// Reads a `counter` expression (`NFTA_EXPR_NAME`, `NFTA_EXPR_DATA`
-/// { BYTES, PACKETS }); other expressions are ignored.
-fn counter_of(expr: &[u8], packets: &mut u64, bytes: &mut u64) -> Result<(), Malformed> {
-    let mut is_counter = false;
-    let mut data = None;
-    for attr in Attrs::new(expr) {
-        let (ty, value) = attr?;
-        match ty {
-            NFTA_EXPR_NAME => is_counter = string(value)? == "counter",
-            NFTA_EXPR_DATA => data = Some(value),
-            _ => {}
-        }
-    }
-    if let (true, Some(data)) = (is_counter, data) {
-        for attr in Attrs::new(data) {
-            let (ty, value) = attr?;
-            match ty {
-                NFTA_COUNTER_PACKETS => *packets = be64(value)?,
-                NFTA_COUNTER_BYTES => *bytes = be64(value)?,
-                _ => {}
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The elements of one IPv6 prefix in an interval set: its first address
@@ -315,7 +270,11 @@ fn ip_of(value: &[u8]) -> Result<IpAddr, Malformed> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::netlink::{Messages, NFT_MSG_DELSETELEM, NLM_F_ACK, NLM_F_REQUEST};
+    use super::super::netlink::{
+        Messages, NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS, NFTA_EXPR_DATA, NFTA_EXPR_NAME,
+        NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS, NFT_MSG_DELSETELEM, NLM_F_ACK,
+        NLM_F_REQUEST,
+    };
     use super::*;
 
     fn ne16(v: u16) -> [u8; 2] {
@@ -409,16 +368,15 @@ mod tests {
                 end: false,
                 timeout: None,
                 expires: None,
-                packets: 0,
-                bytes: 0,
             }]
         );
     }
 
     /// A hand-made dump message: one IPv4 element with TIMEOUT, EXPIRATION
-    /// and a counter (as one NFTA_SET_ELEM_EXPR), one IPv6 element with
-    /// neither but a counter in an NFTA_SET_ELEM_EXPRESSIONS list next to
-    /// another expression, plus an attribute the parser must skip.
+    /// and a counter (as one NFTA_SET_ELEM_EXPR, as an earlier banjo's sets
+    /// report it), one IPv6 element with neither but a counter in an
+    /// NFTA_SET_ELEM_EXPRESSIONS list next to another expression, plus an
+    /// attribute: the parser must skip all but the key and timeouts.
     fn dump_message() -> Vec<u8> {
         let mut buf = MsgBuf::new();
         let m = buf.begin_nft(NFT_MSG_NEWSETELEM, 0x2, 5, NFPROTO_INET);
@@ -466,15 +424,11 @@ mod tests {
                     ip: "10.1.2.3".parse().unwrap(),
                     timeout: Some(Duration::from_secs(3600)),
                     expires: Some(Duration::from_millis(1_234_567)),
-                    packets: 7,
-                    bytes: 420,
                 },
                 Listed {
                     ip: "2001:db8::9".parse().unwrap(),
                     timeout: None,
                     expires: None,
-                    packets: 2,
-                    bytes: 120,
                 },
             ]
         );
@@ -559,8 +513,6 @@ mod tests {
                 end: w.end,
                 timeout: w.ttl.map(|t| Duration::from_millis(t.0)),
                 expires: w.ttl.map(|t| Duration::from_millis(t.1)),
-                packets: 0,
-                bytes: 0,
             })
             .collect()
     }

@@ -61,6 +61,9 @@ pub(crate) const NFT_MSG_GETSETELEM: u8 = 13;
 pub(crate) const NFT_MSG_DELSETELEM: u8 = 14;
 pub(crate) const NFT_MSG_NEWGEN: u8 = 15;
 pub(crate) const NFT_MSG_GETGEN: u8 = 16;
+pub(crate) const NFT_MSG_NEWOBJ: u8 = 18;
+pub(crate) const NFT_MSG_GETOBJ: u8 = 19;
+pub(crate) const NFT_MSG_DELOBJ: u8 = 20;
 
 // linux/netfilter/nf_tables.h: attributes.
 pub(crate) const NFTA_TABLE_NAME: u16 = 1;
@@ -112,10 +115,18 @@ pub(crate) const NFTA_SET_ELEM_KEY: u16 = 1;
 pub(crate) const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub(crate) const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 pub(crate) const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+#[cfg(test)]
 pub(crate) const NFTA_SET_ELEM_EXPR: u16 = 7;
+#[cfg(test)]
 pub(crate) const NFTA_SET_ELEM_EXPRESSIONS: u16 = 11;
 pub(crate) const NFTA_COUNTER_BYTES: u16 = 1;
 pub(crate) const NFTA_COUNTER_PACKETS: u16 = 2;
+pub(crate) const NFTA_OBJ_TABLE: u16 = 1;
+pub(crate) const NFTA_OBJ_NAME: u16 = 2;
+pub(crate) const NFTA_OBJ_TYPE: u16 = 3;
+pub(crate) const NFTA_OBJ_DATA: u16 = 4;
+pub(crate) const NFTA_OBJREF_IMM_TYPE: u16 = 1;
+pub(crate) const NFTA_OBJREF_IMM_NAME: u16 = 2;
 
 // linux/netfilter/nf_tables.h: values.
 pub(crate) const NFT_SET_ANONYMOUS: u32 = 0x1;
@@ -135,6 +146,7 @@ pub(crate) const NFT_REJECT_ICMPX_UNREACH: u32 = 2;
 pub(crate) const NFT_REJECT_ICMPX_PORT_UNREACH: u8 = 1;
 pub(crate) const NF_INET_LOCAL_IN: u32 = 1;
 pub(crate) const NF_ACCEPT: u32 = 1;
+pub(crate) const NFT_OBJECT_COUNTER: u32 = 1;
 
 /// Socket buffer size asked for, as nft does: large batches and the
 /// kernel's replies to them must fit.
