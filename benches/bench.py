@@ -917,9 +917,17 @@ class Bench:
                         all_samples += res["samples_ms"]
                         slow = max(range(len(res["samples_ms"])), default=0,
                                    key=lambda i: res["samples_ms"][i])
-                        say("  %s run %d: p50 %.2f ms, p99 %.2f ms (slowest: trial %d of %d)"
+                        # Through journald: how long journald took to stamp
+                        # that trial's entry, the rest is the reader's.
+                        stamped = res.get("journald_ms") or []
+                        share = ""
+                        if slow < len(stamped) and stamped[slow] is not None:
+                            share = ", journald stamped its entry after %.2f ms" % stamped[slow]
+                        say("  %s run %d: p50 %.2f ms, p99 %.2f ms (slowest: trial %d of %d, "
+                            "%.2f ms%s)"
                             % (d.name, r + 1, res["p50_ms"], res["p99_ms"], slow + 1,
-                               len(res["samples_ms"])))
+                               len(res["samples_ms"]), res["samples_ms"][slow] if res["samples_ms"]
+                               else float("nan"), share))
                     except (TimeoutError, RuntimeError, subprocess.CalledProcessError) as e:
                         self.note("latency %s, %s: %s" % (mode, d.name, getattr(e, "stderr", e)))
                     finally:

@@ -15,7 +15,9 @@
 //!     lines G ms apart; the latency is from the write of the M-th line to
 //!     the notification that the address was added to an nftables set.
 //!     With B, a benign line every B ms throughout (other mail traffic).
-//!     Run it inside the daemon's network namespace.
+//!     Through journald, also reports when journald stamped each M-th line
+//!     (its __REALTIME_TIMESTAMP), to tell journald's share of a slow
+//!     trial from the reader's. Run it inside the daemon's network namespace.
 //! banjo-bench scan-file --file SYSLOG --config BANJO.TOML
 //!     banjo's Filter over a syslog file (`MMM DD HH:MM:SS host ident[pid]:
 //!     message`), every jail of the configuration: the same engine as
@@ -28,11 +30,11 @@
 mod nfwatch;
 mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use banjo::config::Config;
 use banjo::filter::Filter;
@@ -287,6 +289,8 @@ fn latency(args: &[String]) -> Result<String> {
     };
     idle(&mut w, Duration::from_secs(1))?;
     let mut samples = Vec::new();
+    // Per trial: its message and the wall clock at the M-th write.
+    let mut written: Vec<(String, u64)> = Vec::new();
     let mut timeouts = 0u32;
     let mut seen: Vec<Added> = Vec::new();
     for k in 0..trials {
@@ -303,6 +307,7 @@ fn latency(args: &[String]) -> Result<String> {
             .map_err(|e| e.to_string())?
         {}
         let t0 = Instant::now();
+        let wall = wall_usec();
         w.write(&msg).map_err(|e| e.to_string())?;
         let mut got = None;
         seen.clear();
@@ -312,23 +317,76 @@ fn latency(args: &[String]) -> Result<String> {
             got = seen.iter().find(|a| a.ip == ip).map(|a| a.at);
         }
         match got {
-            Some(at) => samples.push(at.duration_since(t0).as_secs_f64() * 1e3),
+            Some(at) => {
+                samples.push(at.duration_since(t0).as_secs_f64() * 1e3);
+                written.push((msg, wall));
+            }
             None => timeouts += 1,
         }
         idle(&mut w, pause)?;
     }
+    let stamped = match o.need("journal")?.strip_prefix("journald:") {
+        Some(ns) => journald_stamps(ns, &written)?,
+        None => Vec::new(),
+    };
+    let stamped: Vec<String> = stamped
+        .iter()
+        .map(|s| s.map_or("null".to_string(), |ms| format!("{ms:.3}")))
+        .collect();
     let mut sorted = samples.clone();
     sorted.sort_by(f64::total_cmp);
     let list: Vec<String> = samples.iter().map(|s| format!("{s:.3}")).collect();
     Ok(format!(
         "{{\"trials\": {trials}, \"timeouts\": {timeouts}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \
-         \"max_ms\": {:.3}, \"overruns\": {}, \"samples_ms\": [{}]}}",
+         \"max_ms\": {:.3}, \"overruns\": {}, \"samples_ms\": [{}], \"journald_ms\": [{}]}}",
         percentile(&sorted, 0.5),
         percentile(&sorted, 0.99),
         sorted.last().copied().unwrap_or(f64::NAN),
         watch.overruns,
-        list.join(", ")
+        list.join(", "),
+        stamped.join(", ")
     ))
+}
+
+fn wall_usec() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// For each `(message, written at)`: how long after the write journald
+/// stamped the last entry with that message (ms), read back from the
+/// namespace's journal files; `None` where none is found.
+fn journald_stamps(ns: &str, written: &[(String, u64)]) -> Result<Vec<Option<f64>>> {
+    let machine = std::fs::read_to_string("/etc/machine-id").map_err(|e| e.to_string())?;
+    let dir = ["/var/log/journal", "/run/log/journal"]
+        .iter()
+        .map(|base| PathBuf::from(format!("{base}/{}.{ns}", machine.trim())))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| format!("no journal directory for namespace {ns}"))?;
+    let dir = dir.to_string_lossy().into_owned();
+    let mut j = journal::OpenDirectoryOptions::default()
+        .open_directory(dir.as_str())
+        .map_err(|e| format!("opening {dir}: {e}"))?;
+    let wanted: HashSet<&str> = written.iter().map(|(m, _)| m.as_str()).collect();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    while j.next().map_err(|e| e.to_string())? > 0 {
+        let Ok(Some(f)) = j.get_data("MESSAGE") else {
+            continue;
+        };
+        let Some(message) = f.value().and_then(|v| std::str::from_utf8(v).ok()) else {
+            continue;
+        };
+        if wanted.contains(message) {
+            let message = message.to_string();
+            let at = j.timestamp_usec().map_err(|e| e.to_string())?;
+            last.insert(message, at);
+        }
+    }
+    Ok(written
+        .iter()
+        .map(|(m, wall)| last.get(m).map(|&at| (at as f64 - *wall as f64) / 1e3))
+        .collect())
 }
 
 fn burst(args: &[String]) -> Result<String> {
