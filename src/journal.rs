@@ -75,9 +75,10 @@ pub const REOPEN_AFTER: u64 = 8192;
 /// ([`Journal::look_again`])...
 const LOOK_AGAIN_FIRST: u32 = 8;
 /// ...and at most between two: every 8 ms at the quarter-millisecond
-/// read period of an imminent ban (a stall costs that much at most), every
-/// 0.3 s at the 10 ms one. With a backoff to 1024, a stall that began 50 ms
-/// into an imminent period lasted 98 ms.
+/// read period of an imminent ban, every 0.3 s at the 10 ms one. A
+/// backstop since the journal's growth triggers a look by itself
+/// ([`Journal::grew_unseen`]); with a backoff to 1024, a stall that began
+/// 50 ms into an imminent period lasted 98 ms.
 const LOOK_AGAIN_LAST: u32 = 32;
 
 /// One journal entry as the filter needs it.
@@ -413,22 +414,20 @@ impl Journal {
 
     /// After reads that found no new entry: puts the handle back on its
     /// current entry by cursor and steps again; whether that found one
-    /// (now current). Done when a change notification brought nothing,
-    /// and after [`LOOK_AGAIN_FIRST`] empty reads in a row, then after
-    /// twice as many each time, up to [`LOOK_AGAIN_LAST`].
+    /// (now current). Done when the journal grew under an empty read (see
+    /// [`Journal::grew_unseen`], the cause of the stalls), when a change
+    /// notification brought nothing, and, as a backstop, after
+    /// [`LOOK_AGAIN_FIRST`] empty reads in a row, then after twice as many
+    /// each time, up to [`LOOK_AGAIN_LAST`].
     ///
-    /// Why: in the benchmarks, about one in 200 trials had its entry
-    /// read only when the next one was written (10 s later), although the
-    /// writer's notification had come; the handle seemed stuck on a view
-    /// of the file taken while that entry was being appended (banjo reads
-    /// every 0.25 ms when a ban is one failure away). systemd's own
-    /// threads on readers racing an append (torn header fields, systemd
-    /// issue #40053, PR #43467) fit that picture. Looking again on
+    /// The stalls it ends: in the benchmarks, about one trial in 200 had
+    /// its entry read only when the next one was written (10 s later),
+    /// although the writer's notification had come. Looking again on
     /// notifications turned those into waits for journald's next
-    /// notification, 250-480 ms (two trials in 90 through journald, in
-    /// one run); looking again after a few empty reads ends them within
-    /// a few milliseconds. A fresh lookup from the cursor costs a
-    /// bisection per file.
+    /// notification (250-480 ms), the count-based looks into waits of up
+    /// to 8 ms at the quarter-millisecond read period of an imminent ban,
+    /// and looking when the journal grew into none. A fresh lookup from
+    /// the cursor costs a bisection per file.
     fn look_again(&mut self) -> Result<bool, Error> {
         let Ok(cursor) = self.handle.cursor() else {
             return Ok(false);
