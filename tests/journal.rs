@@ -163,6 +163,41 @@ fn empty_reads_between_appends_neither_lose_nor_repeat_an_entry() {
     assert_read(&seen, 0, next);
 }
 
+/// Another unit's entry moves the journal's newest time without giving
+/// the reader anything: the empty reads after it look again from the
+/// cursor (`Journal::grew_unseen`), which must land exactly where the
+/// reader was.
+#[test]
+fn looks_again_after_other_units_entries_neither_lose_nor_repeat_an_entry() {
+    let mut dir = JournalDir::new();
+    let base = now_micros() - 3_600_000_000;
+    dir.write_file("old", &numbered(base, 0, 3));
+    let mut j = open_at_start(&dir, false);
+    j.fd().unwrap();
+    let mut seen = Vec::new();
+    read_all(&mut j, &mut seen);
+    for i in 3..23u64 {
+        let mut other = Entry::smtpd(base + 2 * i, "not postfix");
+        other.unit = "cron.service".into();
+        dir.append(&other);
+        for _ in 0..3 {
+            j.process().unwrap();
+            assert!(j.next_entry().unwrap().is_none(), "after entry {i}");
+        }
+        dir.append(&Entry::smtpd(base + 2 * i + 1, &format!("entry {i}")));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while seen.len() <= i as usize && std::time::Instant::now() < deadline {
+            j.process().unwrap();
+            read_all(&mut j, &mut seen);
+        }
+        // A few more empty reads: the entry just read must not come again.
+        for _ in 0..3 {
+            read_all(&mut j, &mut seen);
+        }
+    }
+    assert_read(&seen, 0, 23);
+}
+
 #[test]
 fn fail2bans_line_shows_the_monotonic_time_of_a_pidless_kernel_line_only() {
     let dir = JournalDir::new();
