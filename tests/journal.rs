@@ -41,6 +41,16 @@ fn read_all(j: &mut Journal, into: &mut Vec<String>) {
     }
 }
 
+/// Follows the journal, as the daemon does on wakeups, until `into` holds
+/// `n` entries or 10 s have passed.
+fn read_until(j: &mut Journal, into: &mut Vec<String>, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while into.len() < n && std::time::Instant::now() < deadline {
+        j.process().unwrap();
+        read_all(j, into);
+    }
+}
+
 /// Asserts `seen` is `entry from` .. `entry to-1`, naming the first
 /// difference rather than printing thousands of entries.
 fn assert_read(seen: &[String], from: u64, to: u64) {
@@ -154,11 +164,7 @@ fn empty_reads_between_appends_neither_lose_nor_repeat_an_entry() {
             dir.append(&e);
         }
         next += 2;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while seen.len() < next as usize && std::time::Instant::now() < deadline {
-            j.process().unwrap();
-            read_all(&mut j, &mut seen);
-        }
+        read_until(&mut j, &mut seen, next as usize);
     }
     assert_read(&seen, 0, next);
 }
@@ -185,11 +191,7 @@ fn looks_again_after_other_units_entries_neither_lose_nor_repeat_an_entry() {
             assert!(j.next_entry().unwrap().is_none(), "after entry {i}");
         }
         dir.append(&Entry::smtpd(base + 2 * i + 1, &format!("entry {i}")));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while seen.len() <= i as usize && std::time::Instant::now() < deadline {
-            j.process().unwrap();
-            read_all(&mut j, &mut seen);
-        }
+        read_until(&mut j, &mut seen, i as usize + 1);
         // A few more empty reads: the entry just read must not come again.
         for _ in 0..3 {
             read_all(&mut j, &mut seen);

@@ -249,10 +249,9 @@ pub(super) type Slot = Option<(meta::Cache, Captures)>;
 /// (`slots[0]` for the regex past the literal, or the whole pattern;
 /// `slots[1]` for the tail's); which slot holds the match's groups.
 pub(super) fn first_match<'h>(
-    searches: impl Iterator<Item = Search<'h>>,
+    mut searches: impl Iterator<Item = Search<'h>>,
     slots: &mut [Slot],
 ) -> Option<usize> {
-    let mut searches = searches;
     searches.find_map(|search| {
         let k = usize::from(search.tail);
         let (cache, caps) = slots

@@ -89,7 +89,7 @@ use netlink::{
     NFT_MSG_NEWOBJ, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE,
     NFT_SET_ANONYMOUS,
 };
-use ruleset::{encode_setup, put_counter_query, set_name, Existing, Family, Found};
+use ruleset::{encode_setup, put_counter, set_name, Existing, Family, Found};
 pub use watch::{Change, Watch};
 
 /// The name of the base chain banjo owns in its table.
@@ -405,8 +405,9 @@ impl Firewall {
             .map(|set| set.name.clone())
             .collect();
         let stale_counters: Vec<String> = self
-            .list_counters()?
+            .counters()?
             .into_iter()
+            .map(|(name, _)| name)
             .filter(|name| !wanted.contains(name.as_str()))
             .collect();
         let found = Found {
@@ -527,46 +528,10 @@ impl Firewall {
     /// deleted the table).
     pub fn refused(&mut self, jail: JailId) -> Result<Option<Refused>, Error> {
         let name = self.jail_name(jail)?;
-        let table = self.table.clone();
-        let mut refused = None;
-        let result = self.sock.request(
-            NFT_MSG_GETOBJ,
-            NFPROTO_INET,
-            false,
-            &|b| put_counter_query(b, &table, Some(&name)),
-            NFT_MSG_NEWOBJ,
-            &mut |m| {
-                let Some(m) = m else {
-                    refused = None;
-                    return Ok(());
-                };
-                let mut counts = Refused::default();
-                for attr in m.nft_attrs()? {
-                    let (ty, data) = attr?;
-                    if ty != NFTA_OBJ_DATA {
-                        continue;
-                    }
-                    for inner in Attrs::new(data) {
-                        let (ty, value) = inner?;
-                        match ty {
-                            NFTA_COUNTER_PACKETS => counts.packets = netlink::be64(value)?,
-                            NFTA_COUNTER_BYTES => counts.bytes = netlink::be64(value)?,
-                            _ => {}
-                        }
-                    }
-                }
-                refused = Some(counts);
-                Ok(())
-            },
-        );
-        match result {
-            Ok(()) => Ok(refused),
-            Err(RequestError::Errno(Errno::ENOENT)) => Ok(None),
-            Err(e) => Err(request_error(
-                format!("reading counter {name} of table inet {}", self.table),
-                e,
-            )),
-        }
+        Ok(self
+            .counters()?
+            .into_iter()
+            .find_map(|(counter, counts)| (counter == name).then_some(counts)))
     }
 
     /// Bans: puts every element into its jail's set, in one atomic batch
@@ -1141,40 +1106,51 @@ impl Firewall {
         }
     }
 
-    /// The names of the table's counter objects; none if the table does
-    /// not exist.
-    fn list_counters(&mut self) -> Result<Vec<String>, Error> {
+    /// The table's counter objects with their counts; none if the table
+    /// does not exist.
+    fn counters(&mut self) -> Result<Vec<(String, Refused)>, Error> {
         let table = self.table.clone();
-        let mut names = Vec::new();
+        let mut counters = Vec::new();
         let result = self.sock.request(
             NFT_MSG_GETOBJ,
             NFPROTO_INET,
             true,
-            &|b| put_counter_query(b, &table, None),
+            &|b| put_counter(b, &table, None),
             NFT_MSG_NEWOBJ,
             &mut |m| {
                 let Some(m) = m else {
-                    names.clear();
+                    counters.clear();
                     return Ok(());
                 };
                 // The kernel filters the dump by table and type; check the table.
                 let (mut in_table, mut name) = (false, None);
+                let mut counts = Refused::default();
                 for attr in m.nft_attrs()? {
                     let (ty, data) = attr?;
                     match ty {
                         NFTA_OBJ_TABLE => in_table = string(data)? == table,
                         NFTA_OBJ_NAME => name = Some(string(data)?.to_string()),
+                        NFTA_OBJ_DATA => {
+                            for inner in Attrs::new(data) {
+                                let (ty, value) = inner?;
+                                match ty {
+                                    NFTA_COUNTER_PACKETS => counts.packets = netlink::be64(value)?,
+                                    NFTA_COUNTER_BYTES => counts.bytes = netlink::be64(value)?,
+                                    _ => {}
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
                 if let (true, Some(name)) = (in_table, name) {
-                    names.push(name);
+                    counters.push((name, counts));
                 }
                 Ok(())
             },
         );
         match result {
-            Ok(()) => Ok(names),
+            Ok(()) => Ok(counters),
             Err(RequestError::Errno(Errno::ENOENT)) => Ok(Vec::new()),
             Err(e) => Err(request_error(
                 format!("listing the counters of table inet {}", self.table),

@@ -151,7 +151,7 @@ pub(crate) struct Existing {
 }
 
 /// What setup found in the table before it starts.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Found {
     /// Whether banjo's chain exists (it is then replaced).
     pub(crate) chain: bool,
@@ -317,7 +317,7 @@ pub(crate) fn encode_setup(batch: &mut Batch, table: &str, jails: &[Jail], found
             NFPROTO_INET,
             format!("deleting counter {counter} (its jail is no longer configured)"),
         );
-        put_counter_key(batch.buf(), table, counter);
+        put_counter(batch.buf(), table, Some(counter));
         batch.end(m);
     }
 
@@ -330,7 +330,7 @@ pub(crate) fn encode_setup(batch: &mut Batch, table: &str, jails: &[Jail], found
             format!("creating counter {} of jail {}", jail.name, jail.name),
         );
         let buf = batch.buf();
-        put_counter_key(buf, table, &jail.name);
+        put_counter(buf, table, Some(&jail.name));
         let d = buf.begin_nest(NFTA_OBJ_DATA);
         buf.end_nest(d);
         batch.end(m);
@@ -394,16 +394,9 @@ pub(crate) fn encode_setup(batch: &mut Batch, table: &str, jails: &[Jail], found
     rules
 }
 
-/// The attributes that name a jail's counter object.
-fn put_counter_key(buf: &mut MsgBuf, table: &str, name: &str) {
-    buf.put_str(NFTA_OBJ_TABLE, table);
-    buf.put_str(NFTA_OBJ_NAME, name);
-    buf.put_be32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER);
-}
-
-/// A request for one counter object (GETOBJ), or for all of the table's
-/// counters when `name` is `None` (a dump).
-pub(crate) fn put_counter_query(buf: &mut MsgBuf, table: &str, name: Option<&str>) {
+/// The attributes that name a jail's counter object, or with `None` all
+/// of the table's counters (for a dump).
+pub(crate) fn put_counter(buf: &mut MsgBuf, table: &str, name: Option<&str>) {
     buf.put_str(NFTA_OBJ_TABLE, table);
     if let Some(name) = name {
         buf.put_str(NFTA_OBJ_NAME, name);

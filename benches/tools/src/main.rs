@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use banjo::config::Config;
 use banjo::filter::Filter;
@@ -307,7 +307,7 @@ fn latency(args: &[String]) -> Result<String> {
             .map_err(|e| e.to_string())?
         {}
         let t0 = Instant::now();
-        let wall = wall_usec();
+        let wall = writer::now_usec();
         w.write(&msg).map_err(|e| e.to_string())?;
         let mut got = None;
         seen.clear();
@@ -346,12 +346,6 @@ fn latency(args: &[String]) -> Result<String> {
         list.join(", "),
         stamped.join(", ")
     ))
-}
-
-fn wall_usec() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// For each `(message, written at)`: how long after the write journald

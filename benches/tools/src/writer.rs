@@ -26,7 +26,8 @@ pub enum Writer {
     Journald { sock: UnixDatagram, path: PathBuf },
 }
 
-fn now_usec() -> u64 {
+/// The wall clock in µs since the epoch.
+pub fn now_usec() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
