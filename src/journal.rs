@@ -318,8 +318,6 @@ impl Journal {
             self.misses += 1;
             let grew = self.grew_unseen();
             if grew || std::mem::take(&mut self.recheck) {
-                // This look also covers a pending notification.
-                self.changed = false;
                 advanced = self.look_again()?;
                 // Our look may itself have raced the append it was after.
                 self.recheck = grew && !advanced;
