@@ -109,6 +109,12 @@ fn open_handle(source: &Source, matches: &[JournalMatch]) -> Result<journal::Jou
             .open_namespace(ns.as_str()),
     }
     .map_err(step(format!("opening the {source}")))?;
+    // Watch before the first read. sd_journal sets up its inotify watches
+    // on the first request for its fd; an entry written between a read
+    // and that request would wake nobody, and an idle daemon, with nothing
+    // else to wait for, would sleep until the next entry (seen in the
+    // tests: the failures written right after READY unread for seconds).
+    handle.fd().map_err(step("watching the journal"))?;
     // MESSAGE beyond 64 KiB is truncated by sd_journal; failregexes never
     // need more, and a hostile megabyte line stays cheap.
     handle
@@ -167,9 +173,6 @@ pub struct Journal {
     source: Source,
     /// Entries read through `handle` since it was opened.
     read: u64,
-    /// Whether `handle`'s fd was asked for, so that a reopened handle
-    /// watches the journal again before looking for new entries.
-    watched: bool,
     matches: Vec<JournalMatch>,
     /// Field names the matches look at, each read once per entry.
     fields: Vec<CString>,
@@ -229,7 +232,6 @@ impl Journal {
             handle,
             source: source.clone(),
             read: 0,
-            watched: false,
             matches: matches.to_vec(),
             fields,
             values,
@@ -249,9 +251,7 @@ impl Journal {
     /// Ask again before every wait: [`Journal::next_entry`] may replace the
     /// handle, and with it the fd.
     pub fn fd(&mut self) -> Result<RawFd, Error> {
-        let fd = self.handle.fd().map_err(step("getting the journal fd"))?;
-        self.watched = true;
-        Ok(fd)
+        self.handle.fd().map_err(step("getting the journal fd"))
     }
 
     /// Acknowledges a wakeup; rotation and new files (`Invalidate`) need
@@ -494,10 +494,6 @@ impl Journal {
             return Ok(false);
         };
         let mut fresh = open_handle(&self.source, &self.matches)?;
-        if self.watched {
-            // Watch before the first read, so no entry falls in between.
-            fresh.fd().map_err(step("getting the journal fd"))?;
-        }
         if land_on(&mut fresh, &cursor)? != Landing::On {
             return Ok(false);
         }

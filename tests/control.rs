@@ -80,15 +80,11 @@ fn status_ban_unban_stats_through_the_socket() {
         config,
     } = Scene::new("ctl", JAILS);
     journal.start_live();
-    let _banjo = Banjo::start(&ns, &config);
+    let banjo = Banjo::start(&ns, &config);
     journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.5")));
     journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.6")));
     journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.6")));
-    assert!(eventually(Duration::from_secs(5), || banned_ips(
-        &ns, &table, "mail"
-    ) == vec![ip(
-        "203.0.113.6"
-    )]));
+    await_bans(&ns, &table, "mail", &banjo, |b| b == [ip("203.0.113.6")]);
 
     // The documented shape of `banjo status --json`.
     let all = json(&config, &["status"]);
@@ -232,7 +228,7 @@ port = "smtp"
         config,
     } = Scene::new("esc", jails);
     journal.start_live();
-    let _banjo = Banjo::start(&ns, &config);
+    let banjo = Banjo::start(&ns, &config);
     // 100 × 1 × 2, then 100 × 3 × 2, then 100 × 5 × 2 = 1000 capped at 800.
     for want in [200, 600, 800] {
         journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.40")));
@@ -242,8 +238,9 @@ port = "smtp"
             )
             .first()
             .is_some_and(|e| e.timeout == Some(want))),
-            "want timeout {want}: {:?}",
-            nft_elements(&ns, &table, "esc_v4")
+            "want timeout {want}: {:?}\n{}",
+            nft_elements(&ns, &table, "esc_v4"),
+            banjo.log().join("\n")
         );
         let (code, _, err) = cli(&config, &["unban", "203.0.113.40"]);
         assert_eq!(code, 0, "{err}");
@@ -328,10 +325,9 @@ fn reload_keeps_the_old_config_on_error_and_applies_a_good_one() {
     banjo.signal(nix::sys::signal::Signal::SIGHUP);
     journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.71")));
     journal.append(&Entry::smtpd(now_micros(), &flood("203.0.113.71")));
-    assert!(eventually(Duration::from_secs(5), || banned_ips(
-        &ns, &table, "mail"
-    )
-    .contains(&ip("203.0.113.71"))));
+    await_bans(&ns, &table, "mail", &banjo, |b| {
+        b.contains(&ip("203.0.113.71"))
+    });
 
     // A good one: jail `other` removed (its sets go), `extra` added.
     let next = good.replace(
@@ -351,11 +347,7 @@ fn reload_keeps_the_old_config_on_error_and_applies_a_good_one() {
         now_micros(),
         "extra failure from 203.0.113.72",
     ));
-    assert!(eventually(Duration::from_secs(5), || banned_ips(
-        &ns, &table, "extra"
-    ) == vec![ip(
-        "203.0.113.72"
-    )]));
+    await_bans(&ns, &table, "extra", &banjo, |b| b == [ip("203.0.113.72")]);
 }
 
 #[test]
@@ -478,24 +470,24 @@ port = "smtp"
         config,
     } = Scene::new("v6net", jails);
     journal.start_live();
-    let _banjo = Banjo::start(&ns, &config);
+    let banjo = Banjo::start(&ns, &config);
     for a in ["2001:db8:7::1", "2001:db8:7::2", "2001:db8:8::1"] {
         journal.append(&Entry::smtpd(now_micros(), &flood(a)));
     }
-    assert!(eventually(Duration::from_secs(5), || banned_ips(
-        &ns, &table, "six"
-    )
-    .len()
-        == 3));
+    await_bans(&ns, &table, "six", &banjo, |b| b.len() == 3);
     let prefixes = ns.exec("nft", &["list", "set", "inet", &table, "six_v6net"]);
     assert!(
         !prefixes.contains("2001:db8:7::/64"),
         "two are not enough: {prefixes}"
     );
     journal.append(&Entry::smtpd(now_micros(), &flood("2001:db8:7::3")));
-    assert!(eventually(Duration::from_secs(5), || ns
-        .exec("nft", &["list", "set", "inet", &table, "six_v6net"])
-        .contains("2001:db8:7::/64")));
+    assert!(
+        eventually(Duration::from_secs(5), || ns
+            .exec("nft", &["list", "set", "inet", &table, "six_v6net"])
+            .contains("2001:db8:7::/64")),
+        "{}",
+        banjo.log().join("\n")
+    );
     let status = json(&config, &["status", "six"]);
     let listed: Vec<&str> = status["banned"]
         .as_array()

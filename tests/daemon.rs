@@ -298,6 +298,30 @@ fn live_follow_bans_within_milliseconds_of_the_write() {
     assert!(p99 <= Duration::from_millis(50), "p99 {p99:?} over 50 ms");
 }
 
+/// A journal file created after banjo started (a fresh journal-remote
+/// directory) is followed from its first entry, written right after
+/// READY.
+#[test]
+fn a_journal_file_created_after_the_start_is_read_from_its_first_entry() {
+    if !root_or_skip("a_journal_file_created_after_the_start_is_read_from_its_first_entry") {
+        return;
+    }
+    for round in 0..3u32 {
+        let Scene {
+            ns,
+            mut journal,
+            dir: _dir,
+            table,
+            config,
+        } = Scene::new("late", LIVE_JAIL);
+        let banjo = Banjo::start(&ns, &config);
+        let addr = format!("203.0.113.{}", 90 + round);
+        journal.append(&Entry::smtpd(now_micros(), &flood(&addr)));
+        journal.append(&Entry::smtpd(now_micros(), &flood(&addr)));
+        await_bans(&ns, &table, "live", &banjo, |b| b == [ip(&addr)]);
+    }
+}
+
 const RESTART_JAIL: &str = r#"
 [jail.restart]
 failregex = ['lost connection after AUTH from (.*)\[<HOST>\]']

@@ -149,8 +149,6 @@ fn empty_reads_between_appends_neither_lose_nor_repeat_an_entry() {
     let base = now_micros() - 3_600_000_000;
     dir.write_file("old", &numbered(base, 0, 5));
     let mut j = open_at_start(&dir, false);
-    // Watched, so that `process` finds the file the appends go to.
-    j.fd().unwrap();
     let mut seen = Vec::new();
     read_all(&mut j, &mut seen);
     let mut next = 5;
@@ -179,7 +177,6 @@ fn looks_again_after_other_units_entries_neither_lose_nor_repeat_an_entry() {
     let base = now_micros() - 3_600_000_000;
     dir.write_file("old", &numbered(base, 0, 3));
     let mut j = open_at_start(&dir, false);
-    j.fd().unwrap();
     let mut seen = Vec::new();
     read_all(&mut j, &mut seen);
     for i in 3..23u64 {
@@ -198,6 +195,39 @@ fn looks_again_after_other_units_entries_neither_lose_nor_repeat_an_entry() {
         }
     }
     assert_read(&seen, 0, 23);
+}
+
+/// An entry written after the reader's last read but before it first
+/// asks for its fd wakes that fd: the reader watches the journal from its
+/// open. (sd_journal starts watching on the first request for the fd: a
+/// daemon reading what is there at start, then waiting, slept through the
+/// entries written in between, and on until the next one.)
+#[test]
+fn an_entry_written_before_the_first_wait_wakes_it() {
+    let mut dir = JournalDir::new();
+    let base = now_micros() - 3_600_000_000;
+    dir.write_file("old", &numbered(base, 0, 3));
+    let mut j = open_at_start(&dir, false);
+    let mut seen = Vec::new();
+    read_all(&mut j, &mut seen);
+    dir.append(&Entry::smtpd(base + 100, "entry 3"));
+    // On disk once a fresh reader finds it.
+    let mut witness = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while witness.len() < 4 && std::time::Instant::now() < deadline {
+        witness.clear();
+        read_all(&mut open_at_start(&dir, false), &mut witness);
+    }
+    assert_read(&witness, 0, 4);
+    let fd = j.fd().unwrap();
+    // SAFETY: the fd belongs to `j`, untouched until poll returns.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let woke = poll(&mut fds, PollTimeout::from(2000u16)).unwrap();
+    assert_eq!(woke, 1, "the entry written before the wait did not wake it");
+    j.process().unwrap();
+    read_all(&mut j, &mut seen);
+    assert_read(&seen, 0, 4);
 }
 
 #[test]

@@ -172,6 +172,26 @@ pub fn banned_ips(ns: &Netns, table: &str, jail: &str) -> Vec<IpAddr> {
     v
 }
 
+/// Waits up to 5 s for `jail`'s sets to satisfy `done`. On a timeout the
+/// failure shows what the sets held and banjo's log: a CI run keeps no more.
+pub fn await_bans(
+    ns: &Netns,
+    table: &str,
+    jail: &str,
+    banjo: &Banjo,
+    done: impl Fn(&[IpAddr]) -> bool,
+) {
+    let held = eventually(Duration::from_secs(5), || {
+        done(&banned_ips(ns, table, jail))
+    });
+    assert!(
+        held,
+        "[{jail}] holds {:?}; banjo's log:\n{}",
+        banned_ips(ns, table, jail),
+        banjo.log().join("\n")
+    );
+}
+
 pub fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
