@@ -441,7 +441,6 @@ impl Journal {
         }
     }
 
-    /// `sd_journal_next`: whether there was a next entry (now current).
     /// Whether an entry was appended to the journal since the last empty
     /// read asked, judged by the newest entry time in the file headers
     /// (reading them touches no entry).
@@ -470,6 +469,7 @@ impl Journal {
         std::mem::replace(&mut self.tail, tail) != tail
     }
 
+    /// `sd_journal_next`: whether there was a next entry (now current).
     fn step_forward(&mut self) -> Result<bool, Error> {
         let n = self
             .handle

@@ -79,6 +79,18 @@ fn open_at_start(dir: &JournalDir, want_line: bool) -> Journal {
     j
 }
 
+/// A reader that has read all of a file of `n` numbered entries an hour
+/// old, to follow appends: (directory, base time, reader, what it read).
+fn caught_up(n: u64) -> (JournalDir, u64, Journal, Vec<String>) {
+    let dir = JournalDir::new();
+    let base = now_micros() - 3_600_000_000;
+    dir.write_file("old", &numbered(base, 0, n));
+    let mut j = open_at_start(&dir, false);
+    let mut seen = Vec::new();
+    read_all(&mut j, &mut seen);
+    (dir, base, j, seen)
+}
+
 #[test]
 fn the_reopened_reader_neither_loses_nor_repeats_an_entry() {
     let mut dir = JournalDir::new();
@@ -145,12 +157,7 @@ fn the_old_reader_is_kept_when_its_entry_is_gone() {
 /// empty reads between two appends, each entry is read exactly once.
 #[test]
 fn empty_reads_between_appends_neither_lose_nor_repeat_an_entry() {
-    let mut dir = JournalDir::new();
-    let base = now_micros() - 3_600_000_000;
-    dir.write_file("old", &numbered(base, 0, 5));
-    let mut j = open_at_start(&dir, false);
-    let mut seen = Vec::new();
-    read_all(&mut j, &mut seen);
+    let (mut dir, base, mut j, mut seen) = caught_up(5);
     let mut next = 5;
     // 0 to 40 empty reads between appends: before, at and past each
     // look again, the backoff included.
@@ -173,12 +180,7 @@ fn empty_reads_between_appends_neither_lose_nor_repeat_an_entry() {
 /// reader was.
 #[test]
 fn looks_again_after_other_units_entries_neither_lose_nor_repeat_an_entry() {
-    let mut dir = JournalDir::new();
-    let base = now_micros() - 3_600_000_000;
-    dir.write_file("old", &numbered(base, 0, 3));
-    let mut j = open_at_start(&dir, false);
-    let mut seen = Vec::new();
-    read_all(&mut j, &mut seen);
+    let (mut dir, base, mut j, mut seen) = caught_up(3);
     for i in 3..23u64 {
         let mut other = Entry::smtpd(base + 2 * i, "not postfix");
         other.unit = "cron.service".into();
@@ -204,12 +206,7 @@ fn looks_again_after_other_units_entries_neither_lose_nor_repeat_an_entry() {
 /// entries written in between, and on until the next one.)
 #[test]
 fn an_entry_written_before_the_first_wait_wakes_it() {
-    let mut dir = JournalDir::new();
-    let base = now_micros() - 3_600_000_000;
-    dir.write_file("old", &numbered(base, 0, 3));
-    let mut j = open_at_start(&dir, false);
-    let mut seen = Vec::new();
-    read_all(&mut j, &mut seen);
+    let (mut dir, base, mut j, mut seen) = caught_up(3);
     dir.append(&Entry::smtpd(base + 100, "entry 3"));
     // On disk once a fresh reader finds it.
     let mut witness = Vec::new();

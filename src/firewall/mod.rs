@@ -417,10 +417,12 @@ impl Firewall {
             sets: sets
                 .into_iter()
                 .map(|set| {
-                    let info = Existing {
-                        counter: set.counter,
-                    };
-                    (set.name, info)
+                    (
+                        set.name,
+                        Existing {
+                            counter: set.counter,
+                        },
+                    )
                 })
                 .collect(),
         };

@@ -327,7 +327,7 @@ pub(crate) fn encode_setup(batch: &mut Batch, table: &str, jails: &[Jail], found
             NFT_MSG_NEWOBJ,
             NLM_F_CREATE,
             NFPROTO_INET,
-            format!("creating counter {} of jail {}", jail.name, jail.name),
+            format!("creating the counter of jail {}", jail.name),
         );
         let buf = batch.buf();
         put_counter(buf, table, Some(&jail.name));
